@@ -1,0 +1,50 @@
+"""The ``verl-spro`` command: what users need around training (checks, data preparation, demo, benchmark).
+
+Each subcommand lives in its own module, which exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+Those modules keep heavy imports (torch, verl, ray) inside ``run`` so that ``verl-spro --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from verl_spro import __version__
+
+# name -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("verl_spro.demo", "SPRO vs GRPO on a tiny LM and a verifiable task, on the CPU, with plots"),
+    "bench": ("verl_spro.bench", "time and memory of the estimator against verl's grpo (CSV + PNG)"),
+    "check": ("verl_spro.preflight", "preflight check of a training config before it costs an allocation"),
+    "prepare-data": ("verl_spro.data_prep", "turn JSONL/parquet math and code problems into verl's parquet schema"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="verl-spro",
+        description="SPRO for verl: train with `python -m verl.trainer.main_ppo algorithm.adv_estimator=spro ...`.",
+    )
+    parser.add_argument("--version", action="version", version=f"verl-spro {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub_parser = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        module.add_arguments(sub_parser)
+        sub_parser.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return int(args._module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
