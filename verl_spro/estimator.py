@@ -1,0 +1,272 @@
+"""The SPRO advantage estimator: pure torch, no verl import.
+
+Self-Guided Process Reward Optimization (arXiv 2507.01551) adds a dense per-token *process* advantage to GRPO's
+per-sequence outcome advantage. The policy is its own process reward model through its log-ratio against a
+frozen reference policy. For a batch of ``B`` responses padded to ``T`` tokens, grouped by prompt:
+
+1. intrinsic token reward   ``p[i,t] = beta * (old[i,t] - ref[i,t]) * m[i,t]``
+2. cumulative process reward ``R[i,t] = sum_{s<=t} p[i,s]``
+3. masked step advantage     ``msa[i,t] = m[i,t] * (R[i,t] - mean{R[j,t] : g(j)=g(i), m[j,t]=1})``
+4. outcome advantage         verl's GRPO on ``score[i] = sum_t token_level_rewards[i,t]``
+5. final                     ``advantages[i,t] = m[i,t] * (outcome[i] + msa[i,t])``
+
+Everything is vectorised over rows and positions: one cumsum, group sums by ``index_add_``, and a gather back to
+rows. The readable float64 loop version this is tested against lives in ``tests/spro_reference.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = [
+    "SproInputError",
+    "SproOutput",
+    "compute_spro_advantage",
+    "group_ids",
+    "grpo_outcome_advantage",
+]
+
+
+class SproInputError(ValueError):
+    """Bad input to the SPRO estimator: wrong shapes, missing groups, NaN/inf on active positions."""
+
+
+@dataclass
+class SproOutput:
+    """What :func:`compute_spro_advantage` returns.
+
+    Attributes:
+        advantages: ``[B, T]`` float32, ``m * (outcome + msa)``.
+        returns: ``[B, T]``, the same tensor as ``advantages`` (verl does the same for GRPO).
+        outcome: ``[B]`` float32, the GRPO outcome advantage of each row (0 for all-padding rows).
+        msa: ``[B, T]`` float32, the masked step advantage (already scaled by ``beta``, 0 off the mask).
+        cpr_at_eos: ``[B]`` float32, the cumulative process reward at each row's last active token
+            (the sum of the row's intrinsic rewards; 0 for all-padding rows).
+        active_rows: ``[B]`` bool, rows with at least one active token (all-padding rows are not).
+        n_active: ``[]`` int64, number of active positions ``sum(m)``.
+        n_single_member: ``[]`` int64, active positions where the row is the only active member of its group.
+    """
+
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    outcome: torch.Tensor
+    msa: torch.Tensor
+    cpr_at_eos: torch.Tensor
+    active_rows: torch.Tensor
+    n_active: torch.Tensor
+    n_single_member: torch.Tensor
+
+
+def group_ids(index: Sequence | np.ndarray | torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Map verl's per-row group labels (``non_tensor_batch["uid"]``, any hashable) to dense ids ``0..n_groups-1``.
+
+    Args:
+        index: ``[B]`` group label per row (numpy object array of str in verl, or an int tensor).
+        batch_size: ``B``, to check the length.
+        device: where the returned ids live.
+
+    Returns:
+        ``[B]`` int64 tensor of group ids.
+    """
+    if index is None:
+        raise SproInputError(
+            "SPRO needs the prompt group of each row: non_tensor_batch['uid'] is missing. verl's trainers set it "
+            "when they repeat each prompt actor_rollout_ref.rollout.n times; pass index=... when calling directly."
+        )
+    if isinstance(index, torch.Tensor):
+        labels = index.detach().cpu().numpy()
+    else:
+        labels = np.asarray(index)
+    if labels.shape != (batch_size,):
+        raise SproInputError(f"index (uid) has shape {labels.shape}, expected ({batch_size},): one group label per row")
+    if batch_size == 0:
+        return torch.zeros(0, dtype=torch.long, device=device)
+    if labels.dtype == object:
+        # verl's uids are Python str in an object array; np.unique on object arrays sorts by Python comparison.
+        labels = labels.astype(str)
+    _, inverse = np.unique(labels, return_inverse=True)
+    return torch.from_numpy(inverse.reshape(-1).astype(np.int64)).to(device)
+
+
+def _group_sum(values: torch.Tensor, gid: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Sum rows of ``values`` (``[B, ...]``) into their groups: returns ``[n_groups, ...]``."""
+    out = torch.zeros((n_groups, *values.shape[1:]), dtype=values.dtype, device=values.device)
+    return out.index_add_(0, gid, values)
+
+
+def grpo_outcome_advantage(
+    scores: torch.Tensor,
+    gid: torch.Tensor,
+    active_rows: torch.Tensor,
+    norm_adv_by_std: bool = True,
+    epsilon: float = 1e-6,
+) -> torch.Tensor:
+    """GRPO's outcome advantage, vectorised; the same numbers as verl's ``compute_grpo_outcome_advantage``.
+
+    Group mean and unbiased group std of the scores; a group with a single member uses mean 0 and std 1.
+    Rows that are not active (all-padding rows) take no part in any group and get 0.
+
+    Args:
+        scores: ``[B]`` sequence scores.
+        gid: ``[B]`` dense group ids.
+        active_rows: ``[B]`` bool, rows with at least one active token.
+        norm_adv_by_std: divide by ``std + epsilon`` (verl's ``algorithm.norm_adv_by_std_in_grpo``).
+        epsilon: verl's ``1e-6``.
+
+    Returns:
+        ``[B]`` float32 outcome advantages.
+    """
+    n_groups = int(gid.max()) + 1 if gid.numel() else 0
+    # B values only: float64 costs nothing and keeps the group stats as exact as verl's per-group torch.mean/std.
+    s = torch.where(active_rows, scores.double(), 0.0)
+    w = active_rows.double()
+    count = _group_sum(w, gid, n_groups)
+    mean = _group_sum(s, gid, n_groups) / count.clamp(min=1.0)
+    centred = (s - mean[gid]) * w
+    var = _group_sum(centred * centred, gid, n_groups) / (count - 1.0).clamp(min=1.0)
+    single = count <= 1.0
+    mean = torch.where(single, 0.0, mean)
+    std = torch.where(single, 1.0, var.sqrt())
+    centred = s - mean[gid]
+    adv = centred / (std[gid] + epsilon) if norm_adv_by_std else centred
+    return torch.where(active_rows, adv, 0.0).float()
+
+
+def _check_inputs(tensors: dict[str, torch.Tensor], shape: torch.Size) -> None:
+    for name, tensor in tensors.items():
+        if tensor.shape != shape:
+            raise SproInputError(
+                f"{name} has shape {tuple(tensor.shape)} but response_mask has shape {tuple(shape)}: "
+                "all per-token tensors must be [batch, response_length]"
+            )
+
+
+def _raise_on_non_finite(
+    name: str, row_values: torch.Tensor, per_token: tuple[torch.Tensor, ...], active: torch.Tensor | None
+) -> None:
+    """Raise :class:`SproInputError` naming the rows whose inputs are NaN/inf on an active position.
+
+    ``row_values`` (``[B]``: the last CPR column, or the score) is finite exactly when every active input of the row
+    is, so the common case costs one ``[B]`` check; the ``[B, T]`` scan only runs to build the message.
+    """
+    bad_rows = (~torch.isfinite(row_values)).nonzero().flatten()
+    if bad_rows.numel() == 0:
+        return
+    bad = torch.zeros(per_token[0].shape, dtype=torch.bool, device=per_token[0].device)
+    for tensor in per_token:
+        bad |= ~torch.isfinite(tensor)
+    if active is not None:
+        bad &= active
+    details = []
+    for row in bad_rows[:10].tolist():
+        cols = bad[row].nonzero().flatten()
+        where = f"{int(cols.numel())} positions, first at t={int(cols[0])}" if cols.numel() else "in the sum"
+        details.append(f"row {row} ({where})")
+    more = f" and {bad_rows.numel() - 10} more rows" if bad_rows.numel() > 10 else ""
+    raise SproInputError(
+        f"{name} is NaN/inf on active response positions: {', '.join(details)}{more}. "
+        "SPRO refuses to turn them into NaN advantages; check how these tensors were computed."
+    )
+
+
+def compute_spro_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    ref_log_probs: torch.Tensor,
+    index: Sequence | np.ndarray | torch.Tensor,
+    beta: float = 0.05,
+    norm_adv_by_std_in_grpo: bool = True,
+    msa_norm_by_std: bool = False,
+    epsilon: float = 1e-6,
+) -> SproOutput:
+    """SPRO advantages: GRPO outcome advantage plus the masked step advantage of the cumulative process reward.
+
+    Computed in float32 whatever the input dtype, on the inputs' device (CPU or CUDA).
+
+    Args:
+        token_level_rewards: ``[B, T]`` rewards; the row's score is their sum (verl's GRPO convention).
+        response_mask: ``[B, T]`` 1 on generated tokens (EOS included), 0 on padding. Bool, int or float.
+        old_log_probs: ``[B, T]`` log pi_theta_old of the sampled tokens (``rollout_log_probs`` in bypass mode).
+        ref_log_probs: ``[B, T]`` log pi_ref of the sampled tokens.
+        index: ``[B]`` prompt group label of each row (verl's ``uid``).
+        beta: intrinsic reward scale (``algorithm.spro.beta``).
+        norm_adv_by_std_in_grpo: divide the outcome term by the group std (verl's flag).
+        msa_norm_by_std: divide the MSA term by the unbiased std of the active group members at each position.
+        epsilon: added to every std.
+
+    Returns:
+        :class:`SproOutput` with ``advantages`` ``[B, T]`` and the intermediate terms for metrics.
+
+    Raises:
+        SproInputError: shape mismatch, missing or mis-sized ``index``, NaN/inf on an active position.
+    """
+    if response_mask.dim() != 2:
+        raise SproInputError(f"response_mask must be [batch, response_length], got shape {tuple(response_mask.shape)}")
+    shape = response_mask.shape
+    _check_inputs(
+        {"token_level_rewards": token_level_rewards, "old_log_probs": old_log_probs, "ref_log_prob": ref_log_probs},
+        shape,
+    )
+    batch_size, _ = shape
+    device = response_mask.device
+    gid = group_ids(index, batch_size, device)
+    if response_mask.numel() == 0:
+        empty = torch.zeros(shape, dtype=torch.float32, device=device)
+        zeros_b = torch.zeros(batch_size, dtype=torch.float32, device=device)
+        zero = torch.zeros((), dtype=torch.long, device=device)
+        return SproOutput(
+            advantages=empty,
+            returns=empty,
+            outcome=zeros_b,
+            msa=empty.clone(),
+            cpr_at_eos=zeros_b.clone(),
+            active_rows=zeros_b.bool(),
+            n_active=zero,
+            n_single_member=zero.clone(),
+        )
+
+    n_groups = int(gid.max()) + 1
+    active = response_mask.bool()
+    mask = active.float()
+    active_rows = active.any(dim=1)
+
+    # 1-2. intrinsic reward (beta is applied at the end: msa is linear in it) and its running sum, in place.
+    cpr = old_log_probs.to(torch.float32, copy=True).sub_(ref_log_probs)
+    cpr.masked_fill_(~active, 0.0).cumsum_(dim=1)
+    _raise_on_non_finite("old_log_probs/ref_log_prob", cpr[:, -1], (old_log_probs, ref_log_probs), active)
+
+    # 3. masked step advantage: per-group, per-position mean over the members active there.
+    masked_cpr = cpr * mask
+    count = _group_sum(mask, gid, n_groups)  # [G, T]
+    baseline = _group_sum(masked_cpr, gid, n_groups).div_(count.clamp(min=1.0))
+    # A position with one active member has baseline == its own CPR exactly (x / 1), so msa is exactly 0 there.
+    msa = masked_cpr.sub_(baseline[gid].mul_(mask))
+    del baseline
+    if msa_norm_by_std:
+        var = _group_sum(msa * msa, gid, n_groups).div_((count - 1.0).clamp(min=1.0))
+        std = torch.where(count > 1.0, var.sqrt_(), 1.0).add_(epsilon)
+        msa.div_(std[gid])
+    msa.mul_(beta)
+
+    # 4-5. outcome term, then m * (outcome + msa).
+    scores = token_level_rewards.float().sum(dim=-1)
+    _raise_on_non_finite("token_level_rewards", scores, (token_level_rewards,), None)
+    outcome = grpo_outcome_advantage(scores, gid, active_rows, norm_adv_by_std_in_grpo, epsilon)
+    advantages = torch.addcmul(msa, mask, outcome.unsqueeze(1))
+
+    return SproOutput(
+        advantages=advantages,
+        returns=advantages,
+        outcome=outcome,
+        msa=msa,
+        # masked positions add 0 to the running sum, so the last column is the CPR at the last active token.
+        cpr_at_eos=cpr[:, -1] * beta,
+        active_rows=active_rows,
+        n_active=count.sum().long(),
+        n_single_member=(count == 1.0).sum(),
+    )
