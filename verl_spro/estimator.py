@@ -10,8 +10,9 @@ frozen reference policy. For a batch of ``B`` responses padded to ``T`` tokens, 
 4. outcome advantage         verl's GRPO on ``score[i] = sum_t token_level_rewards[i,t]``
 5. final                     ``advantages[i,t] = m[i,t] * (outcome[i] + msa[i,t])``
 
-Everything is vectorised over rows and positions: one cumsum, group sums by ``index_add_``, and a gather back to
-rows. The readable float64 loop version this is tested against lives in ``tests/spro_reference.py``.
+Everything is vectorised over rows and positions: one cumsum, group sums as a reduction over a ``[groups, k, T]``
+view in verl's layout (``index_add_`` and a gather back otherwise), and in-place ops on a few ``[B, T]`` buffers.
+The readable float64 loop version this is tested against lives in ``tests/spro_reference.py``.
 """
 
 from __future__ import annotations
@@ -173,6 +174,65 @@ def _raise_on_non_finite(
     )
 
 
+def _log_ratio(old_log_probs: torch.Tensor, ref_log_probs: torch.Tensor) -> torch.Tensor:
+    """``old - ref`` (``[B, T]``) as a new float32 tensor, computed in float32 whatever the input dtypes."""
+    if torch.result_type(old_log_probs, ref_log_probs) == torch.float32:
+        return torch.sub(old_log_probs, ref_log_probs)  # one pass; a bf16 operand is widened inside the kernel
+    # bf16/fp16 pairs would be subtracted (and rounded) in half precision: widen first. fp64 is narrowed first.
+    return old_log_probs.to(torch.float32, copy=True).sub_(ref_log_probs)
+
+
+class _Grouping:
+    """Per-group sums over rows and their broadcast back to rows, for ``[B, T]`` tensors.
+
+    verl lays each prompt's ``rollout.n`` samples out as consecutive rows, and its V1 trainer appends all-padding
+    rows (all-zero mask) at the end. When the rows before that padding tail come in blocks of one group each, all
+    of the same size ``k``, ``[B, T]`` tensors are viewed as ``[n_blocks, k, T]``: a group sum is a plain reduction
+    over ``k``, the broadcast back is free (no index, no copy), and the padding tail, which adds nothing to any
+    group and whose msa is 0, is skipped. Any other layout takes the general path: ``index_add_`` over all rows and
+    a gather back.
+    """
+
+    def __init__(self, gid: torch.Tensor, n_groups: int, active_rows: torch.Tensor) -> None:
+        """``gid``: ``[B]`` dense group ids (CPU); ``active_rows``: ``[B]`` bool, on the inputs' device."""
+        self.gid = gid.to(active_rows.device, non_blocking=True)
+        self.n_groups = n_groups
+        self.n_blocks, self.block = _block_layout(gid, active_rows.cpu())
+
+    def rows(self, values: torch.Tensor) -> torch.Tensor:
+        """``[B, T]`` -> a view that :meth:`spread` results broadcast against (``[n_blocks, k, T]`` for blocks)."""
+        if self.block:
+            return values[: self.n_blocks * self.block].view(self.n_blocks, self.block, -1)
+        return values
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """``[B, T]`` -> ``[n_groups, T]`` (``[n_blocks, T]`` in block order for blocks): each group's row sum."""
+        if self.block:
+            return self.rows(values).sum(dim=1)
+        return _group_sum(values, self.gid, self.n_groups)
+
+    def spread(self, group_values: torch.Tensor) -> torch.Tensor:
+        """Group values from :meth:`sum` -> each row's group value, broadcastable against :meth:`rows`."""
+        return group_values.unsqueeze(1) if self.block else group_values[self.gid]
+
+
+def _block_layout(gid: torch.Tensor, active_rows: torch.Tensor) -> tuple[int, int]:
+    """``(n_blocks, k)`` when the rows up to the last active one form blocks of ``k`` rows, one group per block;
+    ``(0, 0)`` otherwise. ``gid`` and ``active_rows`` are ``[B]`` CPU tensors."""
+    active = active_rows.nonzero().flatten()
+    if active.numel() == 0:
+        return 0, 0
+    lead = gid[: int(active[-1]) + 1]
+    run_ends = (lead[1:] != lead[:-1]).nonzero().flatten()
+    k = int(run_ends[0]) + 1 if run_ends.numel() else lead.numel()
+    if lead.numel() % k:
+        return 0, 0
+    blocks = lead.view(-1, k)
+    if not bool((blocks == blocks[:, :1]).all()) or blocks[:, 0].unique().numel() != blocks.shape[0]:
+        return 0, 0
+    return blocks.shape[0], k
+
+
 def compute_spro_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
@@ -214,7 +274,7 @@ def compute_spro_advantage(
     )
     batch_size, _ = shape
     device = response_mask.device
-    gid = group_ids(index, batch_size, device)
+    gid = group_ids(index, batch_size, torch.device("cpu"))  # layout checks on the CPU; moved by _Grouping
     if response_mask.numel() == 0:
         empty = torch.zeros(shape, dtype=torch.float32, device=device)
         zeros_b = torch.zeros(batch_size, dtype=torch.float32, device=device)
@@ -230,31 +290,39 @@ def compute_spro_advantage(
             n_single_member=zero.clone(),
         )
 
-    n_groups = int(gid.max()) + 1
-    active = response_mask.bool()
-    mask = active.float()
-    active_rows = active.any(dim=1)
+    # 0/1 float mask, made once: float * float ops are vectorised, mixed bool/int * float ops are several times slower.
+    mask = response_mask.bool().to(torch.float32)
+    active_rows = mask.any(dim=1)
+    groups = _Grouping(gid, int(gid.max()) + 1, active_rows)
+    gid = groups.gid
 
-    # 1-2. intrinsic reward (beta is applied at the end: msa is linear in it) and its running sum, in place.
-    cpr = old_log_probs.to(torch.float32, copy=True).sub_(ref_log_probs)
-    cpr.masked_fill_(~active, 0.0).cumsum_(dim=1)
-    _raise_on_non_finite("old_log_probs/ref_log_prob", cpr[:, -1], (old_log_probs, ref_log_probs), active)
+    # 1-2. intrinsic reward (beta is applied to the MSA: it is linear in beta) and its running sum, in place.
+    cpr = _log_ratio(old_log_probs, ref_log_probs).mul_(mask).cumsum_(dim=1)
+    if not bool(torch.isfinite(cpr[:, -1]).all()):
+        # Rare: NaN/inf somewhere in old/ref. On an active position it is an error; on padding it must count as 0,
+        # which ``x * 0`` above does not do for NaN/inf, so redo the masking with masked_fill_.
+        cpr = _log_ratio(old_log_probs, ref_log_probs).masked_fill_(mask == 0, 0.0).cumsum_(dim=1)
+        _raise_on_non_finite("old_log_probs/ref_log_prob", cpr[:, -1], (old_log_probs, ref_log_probs), mask.bool())
+    # masked positions add 0 to the running sum, so the last column is the CPR at the last active token.
+    cpr_at_eos = cpr[:, -1] * beta
 
-    # 3. masked step advantage: per-group, per-position mean over the members active there.
-    masked_cpr = cpr * mask
-    count = _group_sum(mask, gid, n_groups)  # [G, T]
-    baseline = _group_sum(masked_cpr, gid, n_groups).div_(count.clamp(min=1.0))
+    # 3. masked step advantage: per-group, per-position mean over the members active there. The CPR buffer is
+    # reused for msa (cpr itself is not needed any more): m * R, then minus m * baseline, in place.
+    msa = cpr.mul_(mask)
+    count = groups.sum(mask)  # [n_groups, T]
+    baseline = groups.sum(msa).div_(count.clamp(min=1.0))
     # A position with one active member has baseline == its own CPR exactly (x / 1), so msa is exactly 0 there.
-    msa = masked_cpr.sub_(baseline[gid].mul_(mask))
+    groups.rows(msa).addcmul_(groups.rows(mask), groups.spread(baseline), value=-1.0)
     del baseline
-    if msa_norm_by_std:
-        var = _group_sum(msa * msa, gid, n_groups).div_((count - 1.0).clamp(min=1.0))
-        std = torch.where(count > 1.0, var.sqrt_(), 1.0).add_(epsilon)
-        msa.div_(std[gid])
     msa.mul_(beta)
+    if msa_norm_by_std:
+        # std of the CPRs themselves (beta included), so epsilon keeps its meaning relative to them.
+        var = groups.sum(msa * msa).div_((count - 1.0).clamp(min=1.0))
+        std = torch.where(count > 1.0, var.sqrt_(), 1.0).add_(epsilon)
+        groups.rows(msa).div_(groups.spread(std))
 
-    # 4-5. outcome term, then m * (outcome + msa).
-    scores = token_level_rewards.float().sum(dim=-1)
+    # 4-5. outcome term (scores summed in fp32 without an fp32 copy of the rewards), then m * (outcome + msa).
+    scores = token_level_rewards.sum(dim=-1, dtype=torch.float32)
     _raise_on_non_finite("token_level_rewards", scores, (token_level_rewards,), None)
     outcome = grpo_outcome_advantage(scores, gid, active_rows, norm_adv_by_std_in_grpo, epsilon)
     advantages = torch.addcmul(msa, mask, outcome.unsqueeze(1))
@@ -264,8 +332,7 @@ def compute_spro_advantage(
         returns=advantages,
         outcome=outcome,
         msa=msa,
-        # masked positions add 0 to the running sum, so the last column is the CPR at the last active token.
-        cpr_at_eos=cpr[:, -1] * beta,
+        cpr_at_eos=cpr_at_eos,
         active_rows=active_rows,
         n_active=count.sum().long(),
         n_single_member=(count == 1.0).sum(),
