@@ -289,3 +289,15 @@ def test_empty_batch_gives_empty_result(shape: tuple[int, int]) -> None:
     out = compute_spro_advantage(empty, empty, empty, empty, index=np.array([f"u{i}" for i in range(shape[0])]))
     assert out.advantages.shape == shape
     assert out.outcome.shape == (shape[0],)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_tensors_give_the_cpu_result_on_the_gpu() -> None:
+    inputs = make_batch([8, 8, 3, 1], 4096, seed=5, padding_rows=2, holes=True)
+    on_gpu = {k: (v.cuda().bfloat16() if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+    on_cpu = {k: (v.bfloat16() if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+    gpu = compute_spro_advantage(**on_gpu, beta=0.05, msa_norm_by_std=True)
+    cpu = compute_spro_advantage(**on_cpu, beta=0.05, msa_norm_by_std=True)
+    assert gpu.advantages.is_cuda and gpu.advantages.dtype == torch.float32
+    torch.testing.assert_close(gpu.advantages.cpu(), cpu.advantages, rtol=1e-4, atol=1e-4)
