@@ -125,9 +125,9 @@ def _estimator(config: Any) -> str:
 
 
 def _is_spro(config: Any) -> bool:
-    from verl_spro import ESTIMATOR_NAME
+    from verl_spro.verl_integration import is_spro
 
-    return _estimator(config) == ESTIMATOR_NAME
+    return is_spro(config.algorithm.adv_estimator)
 
 
 # ---------------------------------------------------------------------------------------------------------------
