@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
@@ -10,17 +10,24 @@ from pathlib import Path
 TESTS_DIR = Path(__file__).resolve().parent
 
 
-def test_this_module_is_ours_and_not_part_of_a_tests_package() -> None:
-    assert Path(__file__).resolve().parent == TESTS_DIR
+def verls_top_level_tests_modules() -> set[str]:
+    """Module names directly under the ``tests`` package that verl's wheel installs (read from its RECORD)."""
+    files = importlib.metadata.files("verl") or []
+    return {f.stem for f in files if len(f.parts) == 2 and f.parts[0] == "tests" and f.suffix == ".py"}
+
+
+def test_this_module_is_ours_and_tests_is_not_a_package() -> None:
     assert not (TESTS_DIR / "__init__.py").exists(), "tests/__init__.py would make pytest import us as `tests`"
-    assert not __name__.startswith("tests.")
+    assert Path(sys.modules[__name__].__file__).resolve().parent == TESTS_DIR
 
 
-def test_verls_tests_package_exists_and_is_not_ours() -> None:
-    """The collision is real (verl ships `tests`), which is why pytest runs with --import-mode=importlib."""
-    spec = importlib.util.find_spec("tests")
-    if spec is not None and spec.origin:
-        assert Path(spec.origin).resolve().parent != TESTS_DIR
+def test_no_test_file_name_is_also_a_module_of_verls_tests_package() -> None:
+    """pytest's importlib mode first tries a plain `import tests.<name>`: a same-named module in verl's `tests`
+    package would then be collected instead of ours, silently."""
+    theirs = verls_top_level_tests_modules()
+    assert "__init__" in theirs, "verl's wheel no longer ships a top-level `tests` package: revisit this test"
+    ours = {path.stem for path in TESTS_DIR.glob("*.py")}
+    assert not ours & theirs, f"rename these test files: {sorted(ours & theirs)}"
 
 
 def test_pytest_collects_every_test_file_of_ours() -> None:

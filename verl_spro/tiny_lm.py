@@ -22,7 +22,7 @@ PAD, EOS = 0, 1
 CHARS = "0123456789.="
 VOCAB = ["<pad>", "<eos>", *CHARS]
 CHAR_TO_ID = {c: i + 2 for i, c in enumerate(CHARS)}
-MIN_DIGITS, MAX_DIGITS = 2, 6
+MIN_DIGITS, MAX_DIGITS = 2, 4
 PROMPT_LEN = MAX_DIGITS + 1  # "..3142="
 MAX_RESPONSE_LEN = MAX_DIGITS + 2  # the longest answer plus EOS, and one token of room to ramble
 
