@@ -53,7 +53,7 @@ def make_batch(
 
 
 def assert_matches_reference(inputs: dict, rtol: float = 1e-5, atol: float = 1e-5, **kwargs) -> None:
-    out = compute_spro_advantage(**inputs, **kwargs)
+    out = compute_spro_advantage(**inputs, **kwargs, keep_msa=True)
     adv, outcome, msa = spro_reference(**{**inputs, "index": list(inputs["index"])}, **kwargs)
     assert out.advantages.dtype == torch.float32
     assert torch.isfinite(out.advantages).all()
@@ -61,6 +61,9 @@ def assert_matches_reference(inputs: dict, rtol: float = 1e-5, atol: float = 1e-
     torch.testing.assert_close(out.msa.double(), msa, rtol=rtol, atol=atol)
     torch.testing.assert_close(out.advantages.double(), adv, rtol=rtol, atol=atol)
     assert out.returns is out.advantages
+    # the scalars the metrics use, against the full msa
+    torch.testing.assert_close(out.msa_abs_sum.double(), msa.abs().sum(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.msa_abs_max.double(), msa.abs().max(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("length", [1, 2, 17, 256, 4096])
@@ -113,7 +116,7 @@ def group_position_sums(values: torch.Tensor, mask: torch.Tensor, index: np.ndar
 @settings(max_examples=60, deadline=None)
 @given(inputs=batches, beta=st.floats(0.0, 1.0), msa_norm_by_std=st.booleans())
 def test_msa_sums_to_zero_per_group_and_position(inputs, beta, msa_norm_by_std) -> None:
-    out = compute_spro_advantage(**inputs, beta=beta, msa_norm_by_std=msa_norm_by_std)
+    out = compute_spro_advantage(**inputs, beta=beta, msa_norm_by_std=msa_norm_by_std, keep_msa=True)
     sums = group_position_sums(out.msa, inputs["response_mask"], inputs["index"])
     torch.testing.assert_close(sums, torch.zeros_like(sums), atol=1e-4, rtol=0)
 
@@ -121,7 +124,7 @@ def test_msa_sums_to_zero_per_group_and_position(inputs, beta, msa_norm_by_std) 
 @settings(max_examples=60, deadline=None)
 @given(inputs=batches, beta=st.floats(0.0, 1.0))
 def test_single_active_member_gives_zero_msa(inputs, beta) -> None:
-    out = compute_spro_advantage(**inputs, beta=beta)
+    out = compute_spro_advantage(**inputs, beta=beta, keep_msa=True)
     mask, index = inputs["response_mask"], inputs["index"]
     active_per_group = group_position_sums(torch.ones_like(mask), mask, index)
     labels = sorted(set(index))
@@ -146,8 +149,8 @@ def test_per_group_position_constant_on_cpr_changes_nothing(inputs, beta, seed) 
                 old[i, t] += (c - previous) / beta
                 previous = c
     shifted = {**inputs, "old_log_probs": old}
-    base = compute_spro_advantage(**inputs, beta=beta)
-    moved = compute_spro_advantage(**shifted, beta=beta)
+    base = compute_spro_advantage(**inputs, beta=beta, keep_msa=True)
+    moved = compute_spro_advantage(**shifted, beta=beta, keep_msa=True)
     torch.testing.assert_close(moved.msa, base.msa, atol=2e-4, rtol=1e-4)
 
 
@@ -181,8 +184,8 @@ def test_groups_do_not_influence_one_another(inputs, beta, seed) -> None:
 @settings(max_examples=40, deadline=None)
 @given(inputs=batches, beta=st.floats(0.001, 1.0), factor=st.floats(0.0, 10.0))
 def test_msa_is_linear_in_beta(inputs, beta, factor) -> None:
-    base = compute_spro_advantage(**inputs, beta=beta)
-    scaled = compute_spro_advantage(**inputs, beta=beta * factor)
+    base = compute_spro_advantage(**inputs, beta=beta, keep_msa=True)
+    scaled = compute_spro_advantage(**inputs, beta=beta * factor, keep_msa=True)
     torch.testing.assert_close(scaled.msa, base.msa * factor, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(scaled.outcome, base.outcome)
 
@@ -281,6 +284,25 @@ def test_non_finite_reward_names_the_row() -> None:
     inputs["token_level_rewards"][3, 0] = float("nan")
     with pytest.raises(SproInputError, match=r"token_level_rewards is NaN/inf .*row 3"):
         compute_spro_advantage(**inputs)
+
+
+def test_mask_values_outside_zero_one_are_an_error() -> None:
+    inputs = make_batch([2, 2], 8, seed=0)
+    inputs["response_mask"][1, 0] = 2.0
+    with pytest.raises(SproInputError, match=r"response_mask must hold 0 \(padding\) and 1 .* \[0.0, 2.0\]"):
+        compute_spro_advantage(**inputs)
+
+
+def test_inputs_are_not_modified_and_outputs_do_not_alias_across_calls() -> None:
+    """The mask workspace is reused between calls: a returned tensor must never live in it."""
+    inputs = make_batch([3, 3], 16, seed=2)
+    before = {k: v.clone() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+    first = compute_spro_advantage(**inputs)
+    kept = first.advantages.clone()
+    compute_spro_advantage(**make_batch([3, 3], 16, seed=3))
+    assert torch.equal(first.advantages, kept)
+    for key, value in before.items():
+        assert torch.equal(inputs[key], value)
 
 
 @pytest.mark.parametrize("shape", [(0, 16), (0, 0), (4, 0)])

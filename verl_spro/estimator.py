@@ -17,6 +17,7 @@ The readable float64 loop version this is tested against lives in ``tests/spro_r
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,22 +45,27 @@ class SproOutput:
         advantages: ``[B, T]`` float32, ``m * (outcome + msa)``.
         returns: ``[B, T]``, the same tensor as ``advantages`` (verl does the same for GRPO).
         outcome: ``[B]`` float32, the GRPO outcome advantage of each row (0 for all-padding rows).
-        msa: ``[B, T]`` float32, the masked step advantage (already scaled by ``beta``, 0 off the mask).
         cpr_at_eos: ``[B]`` float32, the cumulative process reward at each row's last active token
             (the sum of the row's intrinsic rewards; 0 for all-padding rows).
         active_rows: ``[B]`` bool, rows with at least one active token (all-padding rows are not).
         n_active: ``[]`` int64, number of active positions ``sum(m)``.
         n_single_member: ``[]`` int64, active positions where the row is the only active member of its group.
+        msa_abs_sum: ``[]`` float32, ``sum |msa|`` over the batch.
+        msa_abs_max: ``[]`` float32, ``max |msa|`` over the batch (0 for an empty batch).
+        msa: ``[B, T]`` float32 masked step advantage (scaled by ``beta``, 0 off the mask), only when asked for
+            with ``keep_msa=True`` (it costs a ``[B, T]`` copy); otherwise ``None``.
     """
 
     advantages: torch.Tensor
     returns: torch.Tensor
     outcome: torch.Tensor
-    msa: torch.Tensor
     cpr_at_eos: torch.Tensor
     active_rows: torch.Tensor
     n_active: torch.Tensor
     n_single_member: torch.Tensor
+    msa_abs_sum: torch.Tensor
+    msa_abs_max: torch.Tensor
+    msa: torch.Tensor | None = None
 
 
 def group_ids(index: Sequence | np.ndarray | torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
@@ -174,6 +180,41 @@ def _raise_on_non_finite(
     )
 
 
+class _MaskWorkspace(threading.local):
+    """One float32 buffer per thread, reused across calls for the ``[B, T]`` 0/1 mask.
+
+    The mask never leaves :func:`compute_spro_advantage`, so its buffer can outlive the call: a fresh ``[B, T]``
+    allocation costs page faults on every call (several ms at 1024 x 4096 on the CPU), more than the mask's own
+    conversion. The buffer grows to the largest ``B * T`` seen on the thread's device and is then reused.
+    """
+
+    buffer: torch.Tensor | None = None
+
+    def take(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
+        numel = shape[0] * shape[1]
+        buffer = self.buffer
+        if buffer is None or buffer.device != device or buffer.numel() < numel:
+            self.buffer = buffer = None  # free the old one before allocating the new one
+            self.buffer = buffer = torch.empty(numel, dtype=torch.float32, device=device)
+        return buffer[:numel].view(shape)
+
+
+_mask_workspace = _MaskWorkspace()
+
+
+def _float_mask(response_mask: torch.Tensor) -> torch.Tensor:
+    """``response_mask`` (``[B, T]``, bool or 0/1 numbers) as float32 0/1, in the thread's mask workspace."""
+    mask = _mask_workspace.take(response_mask.shape, response_mask.device).copy_(response_mask)
+    if response_mask.dtype != torch.bool:
+        low, high = torch.aminmax(mask)
+        if bool(low < 0) or bool(high > 1):
+            raise SproInputError(
+                "response_mask must hold 0 (padding) and 1 (response tokens), "
+                f"got values in [{float(low)}, {float(high)}]"
+            )
+    return mask
+
+
 def _log_ratio(old_log_probs: torch.Tensor, ref_log_probs: torch.Tensor) -> torch.Tensor:
     """``old - ref`` (``[B, T]``) as a new float32 tensor, computed in float32 whatever the input dtypes."""
     if torch.result_type(old_log_probs, ref_log_probs) == torch.float32:
@@ -243,6 +284,7 @@ def compute_spro_advantage(
     norm_adv_by_std_in_grpo: bool = True,
     msa_norm_by_std: bool = False,
     epsilon: float = 1e-6,
+    keep_msa: bool = False,
 ) -> SproOutput:
     """SPRO advantages: GRPO outcome advantage plus the masked step advantage of the cumulative process reward.
 
@@ -250,7 +292,7 @@ def compute_spro_advantage(
 
     Args:
         token_level_rewards: ``[B, T]`` rewards; the row's score is their sum (verl's GRPO convention).
-        response_mask: ``[B, T]`` 1 on generated tokens (EOS included), 0 on padding. Bool, int or float.
+        response_mask: ``[B, T]`` 1 on generated tokens (EOS included), 0 on padding. Bool, or 0/1 int or float.
         old_log_probs: ``[B, T]`` log pi_theta_old of the sampled tokens (``rollout_log_probs`` in bypass mode).
         ref_log_probs: ``[B, T]`` log pi_ref of the sampled tokens.
         index: ``[B]`` prompt group label of each row (verl's ``uid``).
@@ -258,12 +300,14 @@ def compute_spro_advantage(
         norm_adv_by_std_in_grpo: divide the outcome term by the group std (verl's flag).
         msa_norm_by_std: divide the MSA term by the unbiased std of the active group members at each position.
         epsilon: added to every std.
+        keep_msa: also return the ``[B, T]`` masked step advantage (a copy; for analysis and tests).
 
     Returns:
-        :class:`SproOutput` with ``advantages`` ``[B, T]`` and the intermediate terms for metrics.
+        :class:`SproOutput` with ``advantages`` ``[B, T]`` (a new tensor) and the terms the metrics need.
 
     Raises:
-        SproInputError: shape mismatch, missing or mis-sized ``index``, NaN/inf on an active position.
+        SproInputError: shape mismatch, missing or mis-sized ``index``, a mask value outside [0, 1], NaN/inf on an
+            active position.
     """
     if response_mask.dim() != 2:
         raise SproInputError(f"response_mask must be [batch, response_length], got shape {tuple(response_mask.shape)}")
@@ -283,32 +327,35 @@ def compute_spro_advantage(
             advantages=empty,
             returns=empty,
             outcome=zeros_b,
-            msa=empty.clone(),
             cpr_at_eos=zeros_b.clone(),
             active_rows=zeros_b.bool(),
             n_active=zero,
             n_single_member=zero.clone(),
+            msa_abs_sum=zero.float(),
+            msa_abs_max=zero.float(),
+            msa=empty.clone() if keep_msa else None,
         )
 
-    # 0/1 float mask, made once: float * float ops are vectorised, mixed bool/int * float ops are several times slower.
-    mask = response_mask.bool().to(torch.float32)
-    active_rows = mask.any(dim=1)
+    # 0/1 float mask: float * float ops are vectorised, mixed bool/int * float ops are several times slower.
+    mask = _float_mask(response_mask)
+    active_rows = mask.sum(dim=1) > 0  # a float sum is one fast pass; .any() on floats is not
     groups = _Grouping(gid, int(gid.max()) + 1, active_rows)
     gid = groups.gid
 
+    # One [B, T] buffer carries everything below: the log-ratio, the CPR, the MSA and finally the advantages.
     # 1-2. intrinsic reward (beta is applied to the MSA: it is linear in beta) and its running sum, in place.
-    cpr = _log_ratio(old_log_probs, ref_log_probs).mul_(mask).cumsum_(dim=1)
-    if not bool(torch.isfinite(cpr[:, -1]).all()):
+    work = _log_ratio(old_log_probs, ref_log_probs).mul_(mask).cumsum_(dim=1)
+    if not bool(torch.isfinite(work[:, -1]).all()):
         # Rare: NaN/inf somewhere in old/ref. On an active position it is an error; on padding it must count as 0,
         # which ``x * 0`` above does not do for NaN/inf, so redo the masking with masked_fill_.
-        cpr = _log_ratio(old_log_probs, ref_log_probs).masked_fill_(mask == 0, 0.0).cumsum_(dim=1)
-        _raise_on_non_finite("old_log_probs/ref_log_prob", cpr[:, -1], (old_log_probs, ref_log_probs), mask.bool())
+        work = _log_ratio(old_log_probs, ref_log_probs).masked_fill_(mask == 0, 0.0).cumsum_(dim=1)
+        _raise_on_non_finite("old_log_probs/ref_log_prob", work[:, -1], (old_log_probs, ref_log_probs), mask.bool())
     # masked positions add 0 to the running sum, so the last column is the CPR at the last active token.
-    cpr_at_eos = cpr[:, -1] * beta
+    cpr_at_eos = work[:, -1] * beta
 
-    # 3. masked step advantage: per-group, per-position mean over the members active there. The CPR buffer is
-    # reused for msa (cpr itself is not needed any more): m * R, then minus m * baseline, in place.
-    msa = cpr.mul_(mask)
+    # 3. masked step advantage: per-group, per-position mean over the members active there: m * R, then minus
+    # m * baseline, in place.
+    msa = work.mul_(mask)
     count = groups.sum(mask)  # [n_groups, T]
     baseline = groups.sum(msa).div_(count.clamp(min=1.0))
     # A position with one active member has baseline == its own CPR exactly (x / 1), so msa is exactly 0 there.
@@ -320,20 +367,26 @@ def compute_spro_advantage(
         var = groups.sum(msa * msa).div_((count - 1.0).clamp(min=1.0))
         std = torch.where(count > 1.0, var.sqrt_(), 1.0).add_(epsilon)
         groups.rows(msa).div_(groups.spread(std))
+    # what the metrics need from the MSA, before the buffer becomes the advantages (no [B, T] temporary)
+    msa_low, msa_high = torch.aminmax(msa)
+    msa_abs_sum = torch.linalg.vector_norm(msa, ord=1)
+    msa_copy = msa.clone() if keep_msa else None
 
     # 4-5. outcome term (scores summed in fp32 without an fp32 copy of the rewards), then m * (outcome + msa).
     scores = token_level_rewards.sum(dim=-1, dtype=torch.float32)
     _raise_on_non_finite("token_level_rewards", scores, (token_level_rewards,), None)
     outcome = grpo_outcome_advantage(scores, gid, active_rows, norm_adv_by_std_in_grpo, epsilon)
-    advantages = torch.addcmul(msa, mask, outcome.unsqueeze(1))
+    advantages = msa.addcmul_(mask, outcome.unsqueeze(1))
 
     return SproOutput(
         advantages=advantages,
         returns=advantages,
         outcome=outcome,
-        msa=msa,
         cpr_at_eos=cpr_at_eos,
         active_rows=active_rows,
         n_active=count.sum().long(),
         n_single_member=(count == 1.0).sum(),
+        msa_abs_sum=msa_abs_sum,
+        msa_abs_max=torch.maximum(-msa_low, msa_high),
+        msa=msa_copy,
     )

@@ -1,11 +1,9 @@
 """SPRO's diagnostics, logged by verl under ``spro/``: pure torch, from an :class:`~verl_spro.estimator.SproOutput`.
 
-Each is one reduction over tensors the estimator already holds: no extra ``[B, T]`` buffer.
+Each is a scalar reduction the estimator already made: no pass over ``[B, T]`` here.
 """
 
 from __future__ import annotations
-
-import torch
 
 from verl_spro.estimator import SproOutput
 
@@ -27,11 +25,10 @@ def spro_metrics(out: SproOutput, beta: float) -> dict[str, float]:
     """
     n_active = max(int(out.n_active), 1)
     n_rows = max(int(out.active_rows.sum()), 1)
-    msa = out.msa.reshape(-1)
     cpr_sum = float(out.cpr_at_eos.sum())
     return {
-        "spro/msa_abs_mean": float(torch.linalg.vector_norm(msa, ord=1)) / n_active,
-        "spro/msa_abs_max": float(torch.linalg.vector_norm(msa, ord=float("inf"))) if msa.numel() else 0.0,
+        "spro/msa_abs_mean": float(out.msa_abs_sum) / n_active,
+        "spro/msa_abs_max": float(out.msa_abs_max),
         "spro/intrinsic_reward_mean": cpr_sum / n_active,
         "spro/cpr_eos_mean": cpr_sum / n_rows,
         "spro/single_member_frac": int(out.n_single_member) / n_active,
