@@ -236,6 +236,7 @@ def train_rl(
     from verl.workers.config import FSDPActorConfig
 
     from verl_spro.tiny_lm import EOS, build_policy, response_mask, rewards, sample_problems
+    from verl_spro.verl_integration import SPRO_METRICS_KEY
 
     torch.manual_seed(seed)
     policy = build_policy(seed)
@@ -316,7 +317,7 @@ def train_rl(
             "response_length": float(mask.sum(dim=1).mean()),
             "truncated": float((~(responses == EOS).any(dim=1)).float().mean()),
         }
-        row.update({k: float(v) for k, v in data.meta_info.get("spro_metrics", {}).items()})
+        row.update({k: float(v) for k, v in data.meta_info.get(SPRO_METRICS_KEY, {}).items()})
         if step == hp.steps:  # the last row only measures the final policy
             rows.append(row)
             break
