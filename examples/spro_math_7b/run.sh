@@ -42,7 +42,8 @@ preflight() {
 }
 
 train() {
-  python -m verl.trainer.main_ppo --config-path="${repo_root}/configs" --config-name="${config_name}" "${overrides[@]}"
+  # the single-node launcher runs the same check first (SPRO_SKIP_CHECK=1 skips it), then main_ppo
+  "${repo_root}/scripts/train_single_node.sh" "${config_name}" "${overrides[@]}"
 }
 
 case "${stage}" in
@@ -51,7 +52,6 @@ case "${stage}" in
   train) train ;;
   all)
     prepare_data
-    preflight
     train
     ;;
   *)

@@ -36,6 +36,6 @@ common+=("$@")
 for estimator in "${order[@]}"; do
   config_name="${estimator}_${shape}"
   echo "=== ${config_name} (seed ${seed}, ${steps} steps) ==="
-  verl-spro check --config-path "${repo_root}/configs" --config-name "${config_name}" "${common[@]}"
-  python -m verl.trainer.main_ppo --config-path="${repo_root}/configs" --config-name="${config_name}" "${common[@]}"
+  # runs `verl-spro check` first, then main_ppo with trainer.nnodes / n_gpus_per_node filled in
+  "${repo_root}/scripts/train_single_node.sh" "${config_name}" "${common[@]}"
 done
