@@ -130,8 +130,14 @@ def test_main_ppo_stops_before_ray_on_a_bad_spro_config(tmp_path) -> None:
     """The real `python -m verl.trainer.main_ppo` entry: the error comes from validation, and Ray never starts."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VERL_USE_EXTERNAL")}
     result = subprocess.run(
-        [sys.executable, "-m", "verl.trainer.main_ppo", "algorithm.adv_estimator=spro", "+algorithm.spro.betta=0.1"]
-        + RUNNABLE,
+        [
+            sys.executable,
+            "-m",
+            "verl.trainer.main_ppo",
+            "algorithm.adv_estimator=spro",
+            "+algorithm.spro.betta=0.1",
+            *RUNNABLE,
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,

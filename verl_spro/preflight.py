@@ -125,9 +125,9 @@ def _estimator(config: Any) -> str:
 
 
 def _is_spro(config: Any) -> bool:
-    from verl_spro.verl_integration import is_spro
+    from verl_spro.verl_integration import trains_with_spro
 
-    return is_spro(config.algorithm.adv_estimator)
+    return trains_with_spro(config)
 
 
 # ---------------------------------------------------------------------------------------------------------------

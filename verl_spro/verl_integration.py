@@ -47,6 +47,7 @@ __all__ = [
     "compute_spro_for_batch",
     "install",
     "is_spro",
+    "trains_with_spro",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,11 @@ _metrics_sink: contextvars.ContextVar[dict[str, float] | None] = contextvars.Con
 def is_spro(adv_estimator: Any) -> bool:
     """True for ``"spro"`` given as a str or a str-valued enum member."""
     return str(getattr(adv_estimator, "value", adv_estimator)) == ESTIMATOR_NAME
+
+
+def trains_with_spro(config: Any) -> bool:
+    """True when a full trainer config (``config.algorithm.adv_estimator``) selects SPRO."""
+    return is_spro(_get(_get(config, "algorithm"), "adv_estimator"))
 
 
 def _get(node: Any, key: str, default: Any = None) -> Any:
@@ -212,7 +218,7 @@ def _hook_ppo_utils(ppo_utils: ModuleType) -> None:
     def make(original: Callable) -> Callable:
         @functools.wraps(original)
         def need_reference_policy(config: Any) -> bool:
-            return bool(original(config)) or is_spro(_get(_get(config, "algorithm"), "adv_estimator"))
+            return bool(original(config)) or trains_with_spro(config)
 
         return need_reference_policy
 
@@ -250,7 +256,7 @@ def _hook_validate_config(config_module: ModuleType) -> None:
         def validate_config(*args: Any, **kwargs: Any) -> Any:
             bound = signature.bind(*args, **kwargs)
             config = bound.arguments["config"]
-            if is_spro(_get(_get(config, "algorithm"), "adv_estimator")):
+            if trains_with_spro(config):
                 _check_spro_config(config, bool(bound.arguments.get("use_reference_policy")))
             return original(*args, **kwargs)
 
