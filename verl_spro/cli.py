@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 
 from verl_spro import __version__
@@ -43,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    # Importing verl on a CPU box warns about every optional engine it lacks (Apex, torchtitan, ...): noise here.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(megatron|verl|transformer_engine)(\.|$)")
     return int(args._module.run(args) or 0)
 
 

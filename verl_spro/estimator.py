@@ -387,6 +387,6 @@ def compute_spro_advantage(
         n_active=count.sum().long(),
         n_single_member=(count == 1.0).sum(),
         msa_abs_sum=msa_abs_sum,
-        msa_abs_max=torch.maximum(-msa_low, msa_high),
+        msa_abs_max=torch.maximum(msa_low.abs(), msa_high.abs()),
         msa=msa_copy,
     )
