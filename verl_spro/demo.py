@@ -69,7 +69,7 @@ def _positive_int(name: str) -> Callable[[str], int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register ``--quick``, ``--seeds``, ``--steps``, ``--out`` (and a few knobs) on ``parser``."""
-    parser.add_argument("--quick", action="store_true", help="short run: 1 seed, 80 steps (about 2 min)")
+    parser.add_argument("--quick", action="store_true", help="short run: 1 seed, 80 steps (about 1 min on 2 cores)")
     parser.add_argument("--seeds", type=_positive_int("--seeds"), default=None, help="number of seeds (default 5)")
     parser.add_argument("--steps", type=_positive_int("--steps"), default=None, help="RL steps per run")
     parser.add_argument("--out", type=Path, default=Path("spro_demo"), help="output folder (default ./spro_demo)")
