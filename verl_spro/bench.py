@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from verl_spro.argtypes import non_negative_int, positive_int
+
 __all__ = ["CSV_COLUMNS", "METHODS", "add_arguments", "run"]
 
 #: Every method the benchmark times, in the order of each round-robin repeat.
@@ -78,9 +80,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the whole grid: B x T in {256,1024,4096} x "
         "{1024,4096,16384}, G in {4,8,16} (needs ~12 GiB free at 4096 x 16384)",
     )
-    parser.add_argument("--batch-sizes", type=int, nargs="+", metavar="B", help="override the grid's batch sizes")
-    parser.add_argument("--lengths", type=int, nargs="+", metavar="T", help="override the grid's response lengths")
-    parser.add_argument("--group-sizes", type=int, nargs="+", metavar="G", help="override the grid's group sizes")
+    parser.add_argument(
+        "--batch-sizes", type=positive_int("--batch-sizes"), nargs="+", metavar="B", help="override the grid's B"
+    )
+    parser.add_argument(
+        "--lengths", type=positive_int("--lengths"), nargs="+", metavar="T", help="override the grid's T"
+    )
+    parser.add_argument(
+        "--group-sizes", type=positive_int("--group-sizes"), nargs="+", metavar="G", help="override the grid's G"
+    )
     parser.add_argument(
         "--dtypes",
         nargs="+",
@@ -94,8 +102,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="int64",
         help="response_mask dtype (verl's attention-mask slices are int64)",
     )
-    parser.add_argument("--repeats", type=int, help="timed calls per method (default 15; 3 with --quick)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per method first")
+    parser.add_argument(
+        "--repeats", type=positive_int("--repeats"), help="timed calls per method (default 15; 3 with --quick)"
+    )
+    parser.add_argument("--warmup", type=non_negative_int("--warmup"), default=2, help="untimed calls per method first")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods to time")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     parser.add_argument(

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["SproConfig", "SproConfigError"]
+__all__ = ["SproConfig", "SproConfigError", "config_get"]
 
 
 class SproConfigError(ValueError):
@@ -55,7 +55,7 @@ class SproConfig:
         Raises:
             SproConfigError: unknown key under ``algorithm.spro`` (with the closest valid name), or a bad value.
         """
-        node = _get(algorithm, "spro")
+        node = config_get(algorithm, "spro")
         if node is None:
             return cls()
         if hasattr(node, "items"):
@@ -71,9 +71,10 @@ class SproConfig:
         return cls(**values)
 
 
-def _get(node: Any, key: str) -> Any:
+def config_get(node: Any, key: str, default: Any = None) -> Any:
+    """``node.key`` of an OmegaConf node, a dict or a dataclass config (verl passes all three), else ``default``."""
     if node is None:
-        return None
+        return default
     if hasattr(node, "get"):
-        return node.get(key, None)
-    return getattr(node, key, None)
+        return node.get(key, default)
+    return getattr(node, key, default)

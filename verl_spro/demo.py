@@ -16,10 +16,11 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from verl_spro.argtypes import positive_int
 
 if TYPE_CHECKING:
     import torch
@@ -54,28 +55,15 @@ QUICK = Hyper(steps=80)  # and one seed
 # --------------------------------------------------------------------------------------------------------- CLI
 
 
-def _positive_int(name: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {value}")
-        return value
-
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register ``--quick``, ``--seeds``, ``--steps``, ``--out`` (and a few knobs) on ``parser``."""
     parser.add_argument("--quick", action="store_true", help="short run: 1 seed, 80 steps (about 1 min on 2 cores)")
-    parser.add_argument("--seeds", type=_positive_int("--seeds"), default=None, help="number of seeds (default 5)")
-    parser.add_argument("--steps", type=_positive_int("--steps"), default=None, help="RL steps per run")
+    parser.add_argument("--seeds", type=positive_int("--seeds"), default=None, help="number of seeds (default 5)")
+    parser.add_argument("--steps", type=positive_int("--steps"), default=None, help="RL steps per run")
     parser.add_argument("--out", type=Path, default=Path("spro_demo"), help="output folder (default ./spro_demo)")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed+seeds-1")
     parser.add_argument("--beta", type=float, default=None, help="SPRO intrinsic reward scale (default 0.05)")
-    parser.add_argument("--threads", type=_positive_int("--threads"), default=1, help="torch CPU threads (1)")
+    parser.add_argument("--threads", type=positive_int("--threads"), default=1, help="torch CPU threads (1)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
 
@@ -99,8 +87,12 @@ def run(args: argparse.Namespace) -> int:
     if args.steps is not None:
         hp = replace(hp, steps=args.steps)
     if args.beta is not None:
-        if args.beta < 0:
-            print(f"verl-spro demo: error: --beta must be >= 0, got {args.beta}", file=sys.stderr)
+        from verl_spro.config import SproConfig, SproConfigError
+
+        try:
+            SproConfig(beta=args.beta)  # the same rule as algorithm.spro.beta in training
+        except SproConfigError as err:
+            print(f"verl-spro demo: error: --beta: {err}", file=sys.stderr)
             return 2
         hp = replace(hp, beta=args.beta)
     n_seeds = args.seeds if args.seeds is not None else (1 if args.quick else 5)

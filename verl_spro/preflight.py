@@ -120,8 +120,9 @@ def _one_line(exc: BaseException | str) -> str:
 
 
 def _estimator(config: Any) -> str:
-    value = config.algorithm.adv_estimator
-    return str(getattr(value, "value", value))
+    from verl_spro.verl_integration import estimator_name
+
+    return estimator_name(config.algorithm.adv_estimator)
 
 
 def _is_spro(config: Any) -> bool:

@@ -1,11 +1,11 @@
-"""A tiny Qwen2 policy, a character tokenizer and a verifiable addition task, all built offline in code.
+"""A tiny Qwen2 policy, a character tokenizer and a verifiable sorting task, all built offline in code.
 
 Used by ``verl-spro demo``. Nothing here touches a model hub: the tokenizer is a fixed character table and
 the model is a randomly initialised ``Qwen2ForCausalLM`` from a ``Qwen2Config`` written below.
 
-The task: sort a list of 2 to 6 digits. The prompt is the digits left-padded with ``.`` to a fixed width, then
-``=`` (``"..3142="``; a fixed prompt length spares attention masks); a response is the sorted digits then EOS
-(``"1234"``). The reward is 1 for exactly the sorted digits followed by EOS, else 0. Correct answers have 2 to 6
+The task: sort a list of 2 to 4 digits. The prompt is the digits left-padded with ``.`` to a fixed width, then
+``=`` (``"3142="``, ``"..31="``; a fixed prompt length spares attention masks); a response is the sorted digits then
+EOS (``"1234"``). The reward is 1 for exactly the sorted digits followed by EOS, else 0. Correct answers have 2 to 4
 digits and wrong ones (a digit dropped, repeated, or no EOS) other lengths, so the responses of one group end at
 different positions: that is where SPRO's masked step advantage differs from GRPO's per-sequence advantage.
 """

@@ -37,6 +37,7 @@ import torch
 
 from verl_spro import ESTIMATOR_NAME
 from verl_spro.config import SproConfig, SproConfigError
+from verl_spro.config import config_get as _get
 from verl_spro.estimator import SproInputError, compute_spro_advantage
 from verl_spro.import_hooks import when_imported
 from verl_spro.metrics import spro_metrics
@@ -45,6 +46,7 @@ __all__ = [
     "SPRO_METRICS_KEY",
     "collect_spro_metrics",
     "compute_spro_for_batch",
+    "estimator_name",
     "install",
     "is_spro",
     "trains_with_spro",
@@ -59,22 +61,19 @@ _WRAPPED = "__verl_spro_wraps__"
 _metrics_sink: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar("spro_metrics", default=None)
 
 
+def estimator_name(adv_estimator: Any) -> str:
+    """The estimator's name, whether given as a str or as a str-valued enum member (verl's AdvantageEstimator)."""
+    return str(getattr(adv_estimator, "value", adv_estimator))
+
+
 def is_spro(adv_estimator: Any) -> bool:
     """True for ``"spro"`` given as a str or a str-valued enum member."""
-    return str(getattr(adv_estimator, "value", adv_estimator)) == ESTIMATOR_NAME
+    return estimator_name(adv_estimator) == ESTIMATOR_NAME
 
 
 def trains_with_spro(config: Any) -> bool:
     """True when a full trainer config (``config.algorithm.adv_estimator``) selects SPRO."""
     return is_spro(_get(_get(config, "algorithm"), "adv_estimator"))
-
-
-def _get(node: Any, key: str, default: Any = None) -> Any:
-    if node is None:
-        return default
-    if hasattr(node, "get"):
-        return node.get(key, default)
-    return getattr(node, key, default)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 #   RAW_DIR=/data/Eurus-2-RL-Data bash examples/spro_math_7b/run.sh [extra Hydra overrides...]
 #
 # Environment:
-#   RAW_DIR      directory with the downloaded dataset files (train.parquet, validation.parquet; JSONL works too)
+#   RAW_DIR      directory with the downloaded dataset files (train.parquet, validation.parquet)
 #   DATA_DIR     where the verl-ready parquet goes (default: ~/data/eurus2_rl)
 #   CONFIG_NAME  a config in configs/ (default: spro_megatron_7b; spro_fsdp2_7b for FSDP2)
 #   MODEL_PATH   model directory or HF id (default: the config's, PRIME-RL/Eurus-2-7B-SFT)

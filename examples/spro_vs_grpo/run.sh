@@ -5,7 +5,8 @@
 #   bash examples/spro_vs_grpo/run.sh [extra Hydra overrides for both runs...]
 #
 # Environment:
-#   SHAPE     megatron_7b | fsdp2_7b | megatron_32b_4node (default: megatron_7b); runs spro_$SHAPE, grpo_$SHAPE
+#   SHAPE     megatron_7b | fsdp2_7b (default: megatron_7b); runs spro_$SHAPE, grpo_$SHAPE on this node
+#             (multi-node shapes: submit spro_/grpo_megatron_32b_4node with scripts/slurm_train.sbatch)
 #   DATA_DIR  verl-ready parquet from `verl-spro prepare-data` (default: ~/data/eurus2_rl)
 #   SEED      seed for data order, rollout sampling and Megatron init (default: 42)
 #   STEPS     training steps per run (default: 200)
