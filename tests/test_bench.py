@@ -47,3 +47,19 @@ def test_combos_that_do_not_fit_are_skipped_with_a_note(tmp_path: Path) -> None:
 def test_loglog_slope() -> None:
     assert bench.loglog_slope([(1.0, 2.0), (10.0, 20.0), (100.0, 200.0)]) == pytest.approx(1.0)
     assert math.isnan(bench.loglog_slope([(4.0, 1.0), (4.0, 2.0)]))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--repeats", "0"], "--repeats must be >= 1, got 0"),
+        (["--group-sizes", "0"], "--group-sizes must be >= 1, got 0"),
+        (["--lengths", "ten"], "--lengths must be an integer, got 'ten'"),
+        (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
+    ],
+)
+def test_bad_sizes_are_refused_naming_the_option(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
