@@ -75,7 +75,13 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(
     ("args", "named"),
-    [(["--steps", "-5"], "--steps"), (["--seeds", "0"], "--seeds"), (["--steps", "ten"], "--steps")],
+    [
+        (["--steps", "-5"], "--steps"),
+        (["--seeds", "0"], "--seeds"),
+        (["--steps", "ten"], "--steps"),
+        (["--beta", "nan"], "--beta: algorithm.spro.beta must be finite"),
+        (["--beta", "-0.1"], "--beta: algorithm.spro.beta must be finite and >= 0"),
+    ],
 )
 def test_bad_numbers_are_refused(args: list[str], named: str) -> None:
     result = _cli(*args)
