@@ -11,7 +11,8 @@ frozen reference policy. For a batch of ``B`` responses padded to ``T`` tokens, 
 5. final                     ``advantages[i,t] = m[i,t] * (outcome[i] + msa[i,t])``
 
 Everything is vectorised over rows and positions: one cumsum, group sums as a reduction over a ``[groups, k, T]``
-view in verl's layout (``index_add_`` and a gather back otherwise), and in-place ops on a few ``[B, T]`` buffers.
+view in verl's layout (``index_add_`` and a gather back otherwise), and in-place ops on one ``[B, T]`` buffer that
+becomes the returned advantages.
 The readable float64 loop version this is tested against lives in ``tests/spro_reference.py``.
 """
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
-import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -52,7 +51,6 @@ __all__ = [
     "trains_with_spro",
 ]
 
-logger = logging.getLogger(__name__)
 
 #: ``DataProto.meta_info`` key under which :func:`compute_advantage` leaves the batch's ``spro/*`` metrics.
 SPRO_METRICS_KEY = "spro_metrics"
