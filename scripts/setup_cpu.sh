@@ -1,6 +1,6 @@
 #!/bin/bash
 # Set up verl-spro on a CPU machine, from a clean clone: a virtualenv with the CPU build of torch, verl 0.9.1
-# (with its verl-core runtime deps) and this package with its test and Megatron extras.
+# (with its verl-core runtime deps) and this package with its test and CPU Megatron (megatron-cpu) extras.
 #
 #   bash scripts/setup_cpu.sh            # creates ./.venv
 #   VENV=/path/to/venv bash scripts/setup_cpu.sh
@@ -34,7 +34,7 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 # The CPU build first: a later requirement `torch>=...` is then already satisfied and no CUDA build is pulled.
 "${pip[@]}" install -q "torch==2.13.0"
 "${pip[@]}" install -q "verl[verl-core]==0.9.1"
-"${pip[@]}" install -q -e "${repo}[test,megatron]"
+"${pip[@]}" install -q -e "${repo}[test,megatron-cpu]"
 # verl-core pulls torchcodec, whose wheel needs FFmpeg/CUDA libraries a CPU box may lack; nothing here uses it.
 if ! "$venv/bin/python" -c "import torchcodec" >/dev/null 2>&1; then
     "${pip[@]}" uninstall -q -y torchcodec

@@ -235,3 +235,40 @@ def test_console_script(files) -> None:
     table = _parse(result.stdout)
     assert table["spro config"] == ["FAIL"]
     assert table["GPUs"] == ["WARN"]  # VERL_SPRO_CPU_ONLY=1 acts as --cpu-only
+
+
+@pytest.mark.parametrize("key", ["train_files", "val_files"])
+@pytest.mark.parametrize(("value", "message"), [("[]", "=[] is an empty list"), ("''", " has an empty path")])
+def test_empty_file_list_or_path_fails_naming_the_key(capsys, files, key: str, value: str, message: str) -> None:
+    rc, table, out = _check(capsys, files, f"data.{key}={value}")
+    assert rc == 1
+    assert table[f"data.{key}"] == ["FAIL"]
+    assert f"data.{key}{message}" in out
+
+
+@pytest.mark.parametrize(
+    ("override", "config"),
+    [
+        ("trainer.n_gpus_per_node=0", "spro_fsdp2_7b"),
+        ("trainer.nnodes=-1", "spro_fsdp2_7b"),
+        ("data.train_batch_size=0", "spro_fsdp2_7b"),
+        ("data.train_batch_size=2.5", "spro_fsdp2_7b"),
+        ("actor_rollout_ref.actor.ppo_mini_batch_size=0", "spro_fsdp2_7b"),
+        ("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=0", "spro_fsdp2_7b"),
+        ("actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=-4", "spro_fsdp2_7b"),
+        ("actor_rollout_ref.rollout.n=0", "spro_fsdp2_7b"),
+        ("actor_rollout_ref.rollout.tensor_model_parallel_size=0", "spro_megatron_7b"),
+        ("actor_rollout_ref.actor.megatron.tensor_model_parallel_size=0", "spro_megatron_7b"),
+        ("actor_rollout_ref.actor.megatron.context_parallel_size=0", "spro_megatron_7b"),
+    ],
+)
+def test_zero_negative_or_fractional_size_fails_naming_the_key(capsys, files, override: str, config: str) -> None:
+    key, value = override.split("=")
+    rc, table, out = _check(capsys, files, override, config=config)
+    assert rc == 1
+    assert "FAIL" in table["sizes"], out
+    assert f"{key}={value}" in out and "must be an integer >= 1" in out
+    # The checks that would divide by it say they were skipped, instead of a ZeroDivisionError or verl's assert.
+    assert "ZeroDivisionError" not in out and "Traceback" not in out
+    for name in ("batch sizes", "verl validate_config"):
+        assert table[name] == ["WARN"], out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 
 
@@ -29,3 +30,33 @@ def positive_int(name: str) -> Callable[[str], int]:
 def non_negative_int(name: str) -> Callable[[str], int]:
     """Integers >= 0."""
     return int_at_least(0, name)
+
+
+def int_in_range(minimum: int, maximum: int, name: str) -> Callable[[str], int]:
+    """Integers in ``[minimum, maximum]`` (sizes with a sane ceiling: an absurd value fails at parse time)."""
+    at_least = int_at_least(minimum, name)
+
+    def parse(text: str) -> int:
+        value = at_least(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"{name} must be <= {maximum}, got {value}")
+        return value
+
+    return parse
+
+
+def finite_float_above(minimum: float, name: str) -> Callable[[str], float]:
+    """Finite floats strictly greater than ``minimum`` (``nan``, ``inf`` and ``minimum`` itself are refused)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {text!r}")
+        if value <= minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be > {minimum:g}, got {text}")
+        return value
+
+    return parse

@@ -15,7 +15,15 @@ it. On the CPU, the peak resident set size (``VmHWM``, reset through ``/proc/sel
 minus the resident set size before it, after ``malloc_trim`` hands freed heap memory back to the kernel: the
 physical memory the call touches, outputs included, measured in a separate pass from the timings.
 
-Writes ``bench.csv`` and ``bench.png`` (time against ``B*T``, log-log, one line per method) and prints the ratios.
+Noise: each method's spread over the repeats is ``median / best - 1``. Above ``--noise-threshold`` (default 0.25,
+i.e. the median call 25% slower than the best one) the measurement is marked noisy: ``noisy=yes`` in the CSV, its
+ratios printed with a ``?`` and a warning line at the end. A noisy ratio is not a result: rerun on a quieter machine.
+A load average above the core count (at the start or the end) also gets a warning line: then even steady timings
+may all be inflated alike.
+
+``--out`` and every option are checked before any work (one-line error, exit status 2). Writes ``bench.csv`` and
+``bench.png`` (time against ``B*T``, log-log, one line per method), each renamed into place once complete, and
+prints the ratios.
 """
 
 from __future__ import annotations
@@ -27,13 +35,15 @@ import math
 import os
 import platform
 import statistics
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from verl_spro.argtypes import non_negative_int, positive_int
+from verl_spro.argtypes import finite_float_above, int_in_range
 
 __all__ = ["CSV_COLUMNS", "METHODS", "add_arguments", "run"]
 
@@ -55,8 +65,16 @@ CSV_COLUMNS = (
     "median_ms",
     "peak_extra_bytes",
     "peak_extra_over_bt4",
+    "spread",
+    "noisy",
     "note",
 )
+
+#: Default ``--noise-threshold``: a method whose median call is this much slower than its best is noisy.
+NOISE_THRESHOLD = 0.25
+#: Ceilings of the size options: beyond them a value is a typo (torch indexes with int64; 2**31 rows is absurd).
+_MAX_SIZE = 2**31 - 1
+_MAX_REPEATS = 10_000
 
 FULL_GRID = {"batch_sizes": [256, 1024, 4096], "lengths": [1024, 4096, 16384], "group_sizes": [4, 8, 16]}
 #: The default grid: every B and T of the full grid with B*T up to 16M elements (64 MiB per fp32 tensor), G=8.
@@ -80,15 +98,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the whole grid: B x T in {256,1024,4096} x "
         "{1024,4096,16384}, G in {4,8,16} (needs ~12 GiB free at 4096 x 16384)",
     )
-    parser.add_argument(
-        "--batch-sizes", type=positive_int("--batch-sizes"), nargs="+", metavar="B", help="override the grid's B"
-    )
-    parser.add_argument(
-        "--lengths", type=positive_int("--lengths"), nargs="+", metavar="T", help="override the grid's T"
-    )
-    parser.add_argument(
-        "--group-sizes", type=positive_int("--group-sizes"), nargs="+", metavar="G", help="override the grid's G"
-    )
+    for option, metavar in (("--batch-sizes", "B"), ("--lengths", "T"), ("--group-sizes", "G")):
+        parser.add_argument(
+            option,
+            type=int_in_range(1, _MAX_SIZE, option),
+            nargs="+",
+            metavar=metavar,
+            help=f"override the grid's {metavar}",
+        )
     parser.add_argument(
         "--dtypes",
         nargs="+",
@@ -103,18 +120,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="response_mask dtype (verl's attention-mask slices are int64)",
     )
     parser.add_argument(
-        "--repeats", type=positive_int("--repeats"), help="timed calls per method (default 15; 3 with --quick)"
+        "--repeats",
+        type=int_in_range(1, _MAX_REPEATS, "--repeats"),
+        help="timed calls per method (default 15; 3 with --quick)",
     )
-    parser.add_argument("--warmup", type=non_negative_int("--warmup"), default=2, help="untimed calls per method first")
+    parser.add_argument(
+        "--warmup", type=int_in_range(0, _MAX_REPEATS, "--warmup"), default=2, help="untimed calls per method first"
+    )
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods to time")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     parser.add_argument(
         "--mem-limit-gib",
-        type=float,
-        help="skip combinations whose estimated footprint exceeds this (default: 80%% of the free "
+        type=finite_float_above(0.0, "--mem-limit-gib"),
+        help="skip combinations whose estimated footprint exceeds this many GiB (> 0; default: 80%% of the free "
         "memory of the device)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--noise-threshold",
+        type=finite_float_above(0.0, "--noise-threshold"),
+        default=NOISE_THRESHOLD,
+        help=f"mark a method noisy when its median call is this fraction slower than its best (default "
+        f"{NOISE_THRESHOLD})",
+    )
+    parser.add_argument("--seed", type=int_in_range(0, 2**63 - 1, "--seed"), default=0, help="input seed")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -302,6 +330,16 @@ class Combo:
     def elements(self) -> int:
         return self.batch * self.length
 
+    def noisy(self, threshold: float) -> list[str]:
+        """The methods whose :func:`spread` exceeds ``threshold``."""
+        return [name for name, times in self.times.items() if spread(times) > threshold]
+
+
+def spread(times: list[float]) -> float:
+    """How much slower the median repeat is than the best one: ``median / best - 1`` (0 for one repeat)."""
+    best = min(times)
+    return statistics.median(times) / best - 1.0 if best > 0 else 0.0
+
 
 def _free_bytes(device: str) -> int:
     if device == "cuda":
@@ -403,6 +441,8 @@ def _rows(combos: list[Combo], args: argparse.Namespace, threads: int) -> list[d
                     "median_ms": f"{statistics.median(times) * 1e3:.4f}",
                     "peak_extra_bytes": "" if mem is None else mem,
                     "peak_extra_over_bt4": "" if mem is None else f"{mem / (combo.elements * 4):.3f}",
+                    "spread": f"{spread(times):.3f}",
+                    "noisy": "yes" if spread(times) > args.noise_threshold else "no",
                     "note": "" if mem is not None or args.no_memory else "peak memory not measurable here",
                 }
             )
@@ -419,12 +459,18 @@ def loglog_slope(points: list[tuple[float, float]]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
 
 
-def _ratio(a: list[float] | None, b: list[float] | None) -> str:
-    return f"{min(a) / min(b):.2f}" if a and b else "-"
+def _ratio(a: list[float] | None, b: list[float] | None, threshold: float) -> str:
+    if not (a and b):
+        return "-"
+    noisy = spread(a) > threshold or spread(b) > threshold
+    return f"{min(a) / min(b):.2f}{'?' if noisy else ''}"
 
 
-def report(combos: list[Combo]) -> list[str]:
-    """The text table: per combo, best-time ratios and SPRO's peak extra memory per ``B*T*4`` bytes; slopes."""
+def report(combos: list[Combo], threshold: float = NOISE_THRESHOLD) -> list[str]:
+    """The text table: per combo, best-time ratios and SPRO's peak extra memory per ``B*T*4`` bytes; slopes.
+
+    A ratio one of whose two methods is noisy (:func:`spread` above ``threshold``) ends in ``?``; a warning line
+    lists the noisy shapes."""
     lines = [
         f"{'dtype':5} {'B':>5} {'T':>6} {'G':>3} {'spro ms':>9} {'grpo ms':>9} {'read ms':>8} "
         f"{'spro/grpo':>9} {'spro/gvec':>9} {'spro/read':>9} {'est/read':>8} {'mem/BT4':>7} {'grpo mem':>8}"
@@ -435,18 +481,31 @@ def report(combos: list[Combo]) -> list[str]:
             continue
         t = c.times
 
+        def ratio(a: str, b: str, times: dict = t) -> str:
+            return _ratio(times.get(a), times.get(b), threshold)
+
         def ms(name: str, times: dict = t) -> str:
             return f"{min(times[name]) * 1e3:.2f}" if name in times else "-"
 
         mem = {k: f"{v / (c.elements * 4):.2f}" for k, v in c.memory.items()}
         lines.append(
             f"{c.dtype:5} {c.batch:>5} {c.length:>6} {c.group:>3} {ms('spro'):>9} {ms('grpo'):>9} "
-            f"{ms('read_pass'):>8} {_ratio(t.get('spro'), t.get('grpo')):>9} "
-            f"{_ratio(t.get('spro'), t.get('grpo_vectorized')):>9} {_ratio(t.get('spro'), t.get('read_pass')):>9} "
-            f"{_ratio(t.get('spro_estimator_only'), t.get('read_pass')):>8} {mem.get('spro', '-'):>7} "
+            f"{ms('read_pass'):>8} {ratio('spro', 'grpo'):>9} {ratio('spro', 'grpo_vectorized'):>9} "
+            f"{ratio('spro', 'read_pass'):>9} {ratio('spro_estimator_only', 'read_pass'):>8} {mem.get('spro', '-'):>7} "
             f"{mem.get('grpo', '-'):>8}"
         )
     lines.append("")
+    noisy = [c for c in combos if c.status == "ok" and c.noisy(threshold)]
+    if noisy:
+        worst = max(spread(t) for c in noisy for t in c.times.values())
+        shapes = ", ".join(
+            f"{c.dtype} {c.batch}x{c.length} G={c.group} ({', '.join(c.noisy(threshold))})" for c in noisy
+        )
+        lines.append(
+            f"WARNING: noisy measurements in {len(noisy)} of {sum(c.status == 'ok' for c in combos)} shape(s): "
+            f"median more than {threshold:.0%} above best (worst {worst:.0%}); their ratios (marked ?) are not "
+            f"results, rerun on a quieter machine: {shapes}"
+        )
     for dtype in sorted({c.dtype for c in combos}):
         for group in sorted({c.group for c in combos}):
             ok = [c for c in combos if c.status == "ok" and c.dtype == dtype and c.group == group]
@@ -491,7 +550,7 @@ def plot(combos: list[Combo], path: Path, title: str) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -537,12 +596,50 @@ def _grid(args: argparse.Namespace) -> list[Combo]:
     return combos
 
 
+def _load_average() -> float:
+    """The 1-minute load average (0 where the platform has none)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+
+
+def check_out_dir(out: Path) -> str | None:
+    """Why ``out`` cannot take ``bench.csv`` and ``bench.png`` (it is created if missing), or None."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out} exists and is not a directory"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"--out {out}: cannot create the directory: {exc.strerror or exc}"
+    try:
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        return f"--out {out} is not writable: {exc.strerror or exc}"
+    for name in ("bench.csv", "bench.png"):
+        if (out / name).is_dir():
+            return f"--out {out}: {out / name} is a directory"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmark; returns 0 (1 when ``--device cuda`` has no GPU)."""
+    """Run the benchmark; returns 0, 1 when ``--device cuda`` has no GPU, 2 for an unusable ``--out``, 130 on Ctrl-C."""
+    problem = check_out_dir(args.out)
+    if problem:
+        print(f"verl-spro bench: {problem}", file=sys.stderr)
+        return 2
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print(f"verl-spro bench: interrupted; nothing written to {args.out}", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
+    from verl_spro.data_prep import AtomicFile, UsageError
+
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("verl-spro bench: --device cuda but torch sees no CUDA device")
+        print("verl-spro bench: --device cuda but torch sees no CUDA device", file=sys.stderr)
         return 1
     if args.repeats is None:
         args.repeats = 3 if args.quick else 15
@@ -552,7 +649,8 @@ def run(args: argparse.Namespace) -> int:
     limit = int(args.mem_limit_gib * 2**30) if args.mem_limit_gib else int(0.8 * _free_bytes(args.device))
     threads = torch.get_num_threads()
     machine = machine_description(args.device)
-    print(f"verl-spro bench on {args.device}: {machine}")
+    loads = [_load_average()]
+    print(f"verl-spro bench on {args.device}: {machine}, load average {loads[0]:.1f}")
     if not memory and not args.no_memory:
         print("peak memory: /proc/self/clear_refs is not writable here, memory columns left empty")
 
@@ -566,19 +664,40 @@ def run(args: argparse.Namespace) -> int:
         done = f"{time.perf_counter() - t0:.1f}s" if combo.status == "ok" else f"{combo.status}: {combo.note}"
         print(f"  {combo.dtype} B={combo.batch} T={combo.length} G={combo.group}: {done}", flush=True)
 
-    args.out.mkdir(parents=True, exist_ok=True)
     csv_path, png_path = args.out / "bench.csv", args.out / "bench.png"
-    with open(csv_path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, restval="")
-        writer.writeheader()
-        writer.writerows(_rows(combos, args, threads))
-    plot(combos, png_path, f"verl-spro bench, {args.device}: {machine}")
+    try:
+        csv_file, png_file = AtomicFile(str(csv_path)), AtomicFile(str(png_path))
+    except UsageError as exc:  # --out changed under us since the check
+        print(f"verl-spro bench: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with open(csv_file.temp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, restval="")
+            writer.writeheader()
+            writer.writerows(_rows(combos, args, threads))
+        plot(combos, Path(png_file.temp), f"verl-spro bench, {args.device}: {machine}")
+        csv_file.commit()
+        png_file.commit()
+    except OSError as exc:  # disk full, quota: the previous files stay
+        print(f"verl-spro bench: writing to {args.out} failed: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    finally:
+        csv_file.discard()
+        png_file.discard()
     print()
-    print("\n".join(report(combos)))
+    print("\n".join(report(combos, args.noise_threshold)))
+    loads.append(_load_average())
+    cores = os.cpu_count() or 1
+    if args.device == "cpu" and max(loads) > cores:
+        print(
+            f"WARNING: load average {max(loads):.1f} on {cores} cores: other processes competed for the CPU, "
+            "so every timing above may be inflated (even the steady ones); rerun on a quiet machine"
+        )
     if args.device == "cuda":
         ref = [c for c in combos if c.status == "ok" and (c.batch, c.length) == (1024, 4096) and "spro" in c.times]
         for c in ref:
             best = min(c.times["spro"]) * 1e3
-            print(f"target (H100-class): spro <= 0.5 ms at 1024x4096 ({c.dtype}, G={c.group}): {best:.3f} ms")
+            noisy = " (noisy: not a result)" if spread(c.times["spro"]) > args.noise_threshold else ""
+            print(f"target (H100-class): spro <= 0.5 ms at 1024x4096 ({c.dtype}, G={c.group}): {best:.3f} ms{noisy}")
     print(f"\nwrote {csv_path} and {png_path} in {time.perf_counter() - started:.1f}s")
     return 0

@@ -7,29 +7,49 @@ source_line}``. Input layouts, detected per row (or forced with ``--format``):
   prime  PRIME's Eurus-2-RL-Data: already verl-shaped (data_source, prompt, ability, reward_model); kept as is
          after validation (code rows need JSON test cases ``{"inputs": [...], "outputs": [...]}``).
   math   MATH: ``problem`` and ``solution``; the answer is the last \\boxed{...} of the solution.
-  gsm8k  GSM8K: ``question`` and ``answer``; the answer is the number after ``####``.
+  gsm8k  GSM8K: ``question`` and ``answer``; the answer is the number after ``####`` (or ``answer`` itself
+         when it is a number).
+
+A numeric answer (a JSON or parquet integer or float, e.g. ``reward_model.ground_truth: 42``) is accepted as its
+decimal string (``42``; ``3.0`` gives ``3``); booleans, NaN and infinities are rejected.
 
 GSM8K and MATH rows get data_source ``openai/gsm8k`` and ``DigitalLearningGmbH/MATH-lighteval``, which verl's
 ``default_compute_score`` grades; PRIME's sources (numina_*, apps, codecontests, codeforces, taco) are graded by
 verl too. Every rejected row is listed with its file, 1-based line (row number for parquet) and reason in a
 JSONL report (``--rejects``, default ``OUTPUT.rejects.jsonl``), and summarised on stderr.
 
+Rows are streamed (JSONL a line at a time, parquet a batch at a time; the output is written in row groups), so
+memory does not grow with the input. Each line is decoded and parsed on its own: a line that is not UTF-8, not
+JSON, or nested too deeply is rejected with its line number, and the run goes on.
+
+Nothing is lost: an output or ``--rejects`` path that is one of the inputs (also through a symlink or hard link)
+is refused; every output is written to a hidden temporary file beside it (``.NAME.HOST.PID.*.tmp``) and renamed
+into place at the end, so an interrupted or killed run leaves the previous files as they were. Inputs and outputs
+are checked before any row is read.
+
 Exit status: 0 when rows were written, 1 when none were (or any row was rejected, with ``--strict``),
-2 when an input file is missing or unreadable.
+2 when an input is missing or unreadable or an output path is refused or unwritable, 130 on Ctrl-C and 143 on
+SIGTERM (the previous outputs left as they were).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import re
+import signal
+import socket
 import sys
+import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
+from verl_spro.argtypes import positive_int
 from verl_spro.rewards import GSM8K_DATA_SOURCE, MATH_DATA_SOURCE
 
 LAYOUTS = ("prime", "math", "gsm8k")
@@ -41,6 +61,10 @@ MATH_INSTRUCTION = "Let's think step by step and output the final answer within 
 _GSM8K_ANSWER = re.compile(r"####\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?)\s*$")
 #: How many rejects the stderr summary lists one by one (the report file has all of them).
 _SHOWN_REJECTS = 20
+#: Rows per parquet read batch, and the bounds of one written row group (rows; approximate text bytes).
+_READ_BATCH_ROWS = 1024
+_WRITE_BATCH_ROWS = 4096
+_WRITE_BATCH_BYTES = 32 << 20
 
 
 class RowError(ValueError):
@@ -65,54 +89,253 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--split", default="train", help="value of extra_info.split (default: train)")
     parser.add_argument("--rejects", help="JSONL report of rejected rows (default: OUTPUT.rejects.jsonl)")
-    parser.add_argument("--limit", type=int, default=None, help="stop after writing this many rows")
+    parser.add_argument(
+        "--limit", type=positive_int("--limit"), default=None, help="stop after writing this many rows (>= 1)"
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 if any row is rejected")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+class UsageError(Exception):
+    """An unreadable input or a refused or unwritable output: one line, exit status 2, previous outputs kept."""
+
+
+class _Stopped(Exception):
+    """SIGTERM (``scancel``, ``kill``) during a run; SIGINT arrives as ``KeyboardInterrupt``."""
+
+
 def run(args: argparse.Namespace) -> int:
     """Convert ``args.inputs`` into ``args.output``; see the module docstring for the exit status."""
-    from tqdm import tqdm
-
-    missing = [path for path in args.inputs if not os.path.isfile(path)]
-    if missing:
-        for path in missing:
-            print(f"prepare-data: input file not found: {path}", file=sys.stderr)
-        return 2
-
-    records: list[dict[str, Any]] = []
-    rejects: list[Reject] = []
-    for path in args.inputs:
-        try:
-            rows, total = _open_rows(path)
-        except Exception as exc:  # an unreadable file is reported, never half-processed silently
-            print(f"prepare-data: cannot read {path}: {exc}", file=sys.stderr)
-            return 2
-        with tqdm(total=total, desc=os.path.basename(path), unit="row", disable=args.no_progress) as bar:
-            for line, row in rows:
-                bar.update(1)
-                if args.limit is not None and len(records) >= args.limit:
-                    break
-                try:
-                    if isinstance(row, RowError):
-                        raise row
-                    record = convert_row(row, args.format)
-                except RowError as exc:
-                    rejects.append(Reject(path, line, str(exc)))
-                    continue
-                record["extra_info"].update(
-                    split=args.split, index=len(records), source_file=os.path.basename(path), source_line=line
-                )
-                records.append(record)
-
     rejects_path = args.rejects or f"{args.output}.rejects.jsonl"
-    _write_rejects(rejects_path, rejects)
-    if records:
-        write_parquet(records, args.output)
-    _print_summary(args.output, len(records), rejects, rejects_path)
-    if not records or (args.strict and rejects):
+    outputs: list[AtomicFile] = []
+    try:
+        with _stop_on_sigterm():
+            _check_inputs(args.inputs)
+            _check_outputs({"--output": args.output, "--rejects": rejects_path}, args.inputs)
+            outputs = [AtomicFile(args.output), AtomicFile(rejects_path)]
+            parquet_out, rejects_out = outputs
+            summary = _convert(args, parquet_out, rejects_out)
+            if summary.written:
+                parquet_out.commit()
+            rejects_out.commit()
+    except UsageError as exc:
+        print(f"prepare-data: {exc}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, _Stopped) as exc:
+        what = "terminated" if isinstance(exc, _Stopped) else "interrupted"
+        print(f"prepare-data: {what}; {args.output} and {rejects_path} left as they were", file=sys.stderr)
+        return 143 if isinstance(exc, _Stopped) else 130
+    except OSError as exc:  # reading errors are UsageErrors already: this is a write (disk full, quota, EFBIG)
+        print(
+            f"prepare-data: writing failed ({_one_line(exc)}); {args.output} and {rejects_path} left as they were",
+            file=sys.stderr,
+        )
+        return 2
+    finally:
+        for output in outputs:
+            output.discard()
+    _print_summary(args.output, summary, rejects_path)
+    if not summary.written or (args.strict and summary.rejected):
         return 1
     return 0
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into :class:`_Stopped` so that temporary files are removed (main thread only)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Stopped
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _check_inputs(paths: list[str]) -> None:
+    """Every input is a readable regular file (parquet: with a readable footer); all problems in one message."""
+    problems = []
+    for path in paths:
+        if not os.path.exists(path):
+            problems.append(f"input file not found: {path}")
+        elif os.path.isdir(path):
+            problems.append(f"input {path} is a directory, not a file")
+        elif not os.path.isfile(path):
+            problems.append(f"input {path} is not a regular file")
+        else:
+            try:
+                if _is_parquet(path):
+                    import pyarrow.parquet as pq
+
+                    pq.ParquetFile(path).close()
+                else:
+                    with open(path, "rb") as handle:
+                        handle.read(1)
+            except Exception as exc:  # OSError, ArrowInvalid: the reader's reason, on one line
+                problems.append(f"cannot read input {path}: {_one_line(exc)}")
+    if problems:
+        raise UsageError("; ".join(problems))
+
+
+def _check_outputs(outputs: dict[str, str], inputs: list[str]) -> None:
+    """No output is an input (same file, also through a symlink or hard link) or another output, or a directory."""
+    input_ids = {_file_id(path): path for path in inputs}
+    seen: dict[tuple[int, int] | str, str] = {}
+    for option, path in outputs.items():
+        real = os.path.realpath(path)
+        file_id = _file_id(path) if os.path.exists(path) else None
+        if file_id in input_ids or real in {os.path.realpath(p) for p in inputs}:
+            clash = input_ids.get(file_id) if file_id in input_ids else path
+            raise UsageError(f"{option} {path} is the input file {clash}: it would be overwritten; choose another path")
+        for key in (file_id, real):
+            if key is not None and key in seen:
+                raise UsageError(f"{option} {path} is the same file as {seen[key]}; choose another path")
+        seen.update({key: f"{option} {path}" for key in (file_id, real) if key is not None})
+        if os.path.isdir(path):
+            raise UsageError(f"{option} {path} is a directory; give a file path")
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise UsageError(f"{option} {path} is not a regular file; give a file path")
+
+
+def _file_id(path: str) -> tuple[int, int]:
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+class AtomicFile:
+    """A file written under a hidden temporary name beside ``path`` and renamed over it by :meth:`commit`.
+
+    A run that dies before ``commit`` leaves ``path`` as it was. The temporary file is created in the constructor,
+    so an unwritable location fails before any input is read. A symlinked ``path`` keeps its link: the file it
+    points to is replaced. Temporary files left by killed runs on this host (``.NAME.HOST.PID.*.tmp`` whose
+    process is gone) are removed.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.target = os.path.realpath(path)
+        directory, name = os.path.split(self.target)
+        prefix = f".{name}.{_HOST}."
+        try:
+            os.makedirs(directory, exist_ok=True)
+            _remove_stale_temps(directory, prefix)
+            fd, self.temp = tempfile.mkstemp(dir=directory, prefix=f"{prefix}{os.getpid()}.", suffix=".tmp")
+        except (FileExistsError, NotADirectoryError):  # a path component is a file
+            raise UsageError(f"cannot write {path}: a component of {directory} is not a directory") from None
+        except OSError as exc:
+            raise UsageError(f"cannot write {path}: {exc.strerror or _one_line(exc)}") from None
+        try:
+            mode = os.stat(self.target).st_mode & 0o777 if os.path.exists(self.target) else 0o666 & ~_umask()
+            os.fchmod(fd, mode)  # mkstemp makes 0600; keep the previous file's mode, or the usual one
+        finally:
+            os.close(fd)
+        self.committed = False
+
+    def commit(self) -> None:
+        """Rename the temporary file over ``path`` (atomic within a file system)."""
+        os.replace(self.temp, self.target)
+        self.committed = True
+
+    def discard(self) -> None:
+        """Remove the temporary file unless committed (idempotent)."""
+        if not self.committed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.temp)
+            self.committed = True
+
+
+_HOST = socket.gethostname().split(".")[0] or "host"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _remove_stale_temps(directory: str, prefix: str) -> None:
+    for name in os.listdir(directory):
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid = name[len(prefix) :].split(".", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class Summary:
+    """What a run wrote: row and reject counts, the first rejects and a tally of reasons."""
+
+    written: int = 0
+    rejected: int = 0
+    shown: list[Reject] = field(default_factory=list)
+    tally: Counter = field(default_factory=Counter)
+
+    def add_reject(self, reject: Reject) -> None:
+        self.rejected += 1
+        if len(self.shown) < _SHOWN_REJECTS:
+            self.shown.append(reject)
+        # Group by the reason's leading phrase (before any per-row detail) for a readable tally.
+        self.tally[reject.reason.split(":")[0].split(" (")[0]] += 1
+
+
+def _convert(args: argparse.Namespace, parquet_out: AtomicFile, rejects_out: AtomicFile) -> Summary:
+    """Stream every input row through :func:`convert_row` into the temporary outputs; memory stays bounded."""
+    from tqdm import tqdm
+
+    summary = Summary()
+    with _ParquetSink(parquet_out.temp) as sink, open(rejects_out.temp, "w", encoding="utf-8") as report:
+        for path in args.inputs:
+            parquet = _is_parquet(path)
+            bar = tqdm(
+                total=_row_count(path) if parquet else os.path.getsize(path),
+                desc=os.path.basename(path),
+                unit="row" if parquet else "B",
+                unit_scale=not parquet,
+                disable=args.no_progress,
+            )
+            with bar:
+                for line, size, row in _parquet_rows(path) if parquet else _jsonl_rows(path):
+                    bar.update(size)
+                    try:
+                        if isinstance(row, RowError):
+                            raise row
+                        record = convert_row(row, args.format)
+                    except RowError as exc:
+                        reject = Reject(path, line, str(exc))
+                        report.write(json.dumps({"file": path, "line": line, "reason": reject.reason}) + "\n")
+                        summary.add_reject(reject)
+                        continue
+                    record["extra_info"].update(
+                        split=args.split, index=summary.written, source_file=os.path.basename(path), source_line=line
+                    )
+                    sink.add(record)
+                    summary.written += 1
+                    if args.limit is not None and summary.written >= args.limit:
+                        return summary
+    return summary
 
 
 def convert_row(row: Any, layout: str = "auto") -> dict[str, Any]:
@@ -121,7 +344,10 @@ def convert_row(row: Any, layout: str = "auto") -> dict[str, Any]:
         raise RowError(f"not a JSON object but {type(row).__name__}")
     if layout == "auto":
         layout = detect_layout(row)
-    return _CONVERTERS[layout](row)
+    try:
+        return _CONVERTERS[layout](row)
+    except RecursionError:  # e.g. test cases nested thousands deep, re-serialised with json.dumps
+        raise RowError("a field is nested too deeply") from None
 
 
 def detect_layout(row: dict[str, Any]) -> str:
@@ -149,6 +375,27 @@ def _text_field(row: dict[str, Any], key: str) -> str:
     return value
 
 
+def _answer_text(value: Any, key: str) -> str:
+    """An answer as the string verl's graders compare: strings as they are, numbers as their decimal string."""
+    if value is None:
+        raise RowError(f"missing '{key}'")
+    if isinstance(value, bool):
+        raise RowError(f"'{key}' is a boolean, not an answer")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise RowError(f"'{key}' is {value}, not a finite number")
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, dict):  # code test cases stored as an object rather than a JSON string
+        return json.dumps(value)
+    if not isinstance(value, str):
+        raise RowError(f"'{key}' is {type(value).__name__}, not a string or number")
+    if not value.strip():
+        raise RowError(f"empty '{key}'")
+    return value
+
+
 def _record(data_source: str, messages: list[dict[str, str]], ability: str, ground_truth: str, layout: str):
     return {
         "data_source": data_source,
@@ -161,12 +408,14 @@ def _record(data_source: str, messages: list[dict[str, str]], ability: str, grou
 
 def _convert_gsm8k(row: dict[str, Any]) -> dict[str, Any]:
     question = _text_field(row, "question")
-    answer = _text_field(row, "answer")
-    match = _GSM8K_ANSWER.search(answer.strip())
-    if match is None:
-        raise RowError("unparsable answer: no '#### <number>' at the end of 'answer'")
-    # verl's gsm8k grader compares strings after removing thousands separators from the response.
-    ground_truth = match.group(1).replace(",", "")
+    if isinstance(row.get("answer"), (int, float)):  # the final answer alone, as a number
+        ground_truth = _answer_text(row["answer"], "answer")
+    else:
+        match = _GSM8K_ANSWER.search(_text_field(row, "answer").strip())
+        if match is None:
+            raise RowError("unparsable answer: no '#### <number>' at the end of 'answer'")
+        # verl's gsm8k grader compares strings after removing thousands separators from the response.
+        ground_truth = match.group(1).replace(",", "")
     content = f"{question.strip()} {GSM8K_INSTRUCTION}"
     return _record(GSM8K_DATA_SOURCE, [{"role": "user", "content": content}], "math", ground_truth, "gsm8k")
 
@@ -212,11 +461,7 @@ def _convert_prime(row: dict[str, Any]) -> dict[str, Any]:
     reward_model = row.get("reward_model")
     if not isinstance(reward_model, dict):
         raise RowError("missing field 'reward_model'")
-    ground_truth = reward_model.get("ground_truth")
-    if isinstance(ground_truth, dict):  # test cases stored as an object rather than a JSON string
-        ground_truth = json.dumps(ground_truth)
-    if not isinstance(ground_truth, str) or not ground_truth.strip():
-        raise RowError("missing or empty 'reward_model.ground_truth'")
+    ground_truth = _answer_text(reward_model.get("ground_truth"), "reward_model.ground_truth")
 
     ability = row.get("ability") or infer_ability(ground_truth)
     if not isinstance(ability, str):
@@ -245,36 +490,65 @@ _CONVERTERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
-def _open_rows(path: str) -> tuple[Iterator[tuple[int, Any]], int]:
-    """(line or row number, row or RowError) pairs of a file, and how many there are (for the progress bar)."""
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        parquet = pq.ParquetFile(path)
-        return _parquet_rows(parquet), parquet.metadata.num_rows
-    with open(path, encoding="utf-8") as handle:
-        total = sum(1 for _ in handle)
-    return _jsonl_rows(path), total
+def _is_parquet(path: str) -> bool:
+    return path.endswith(".parquet")
 
 
-def _parquet_rows(parquet: Any) -> Iterator[tuple[int, Any]]:
+def _row_count(path: str) -> int:
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path) as parquet:
+        return parquet.metadata.num_rows
+
+
+def _parquet_rows(path: str) -> Iterator[tuple[int, int, Any]]:
+    """(row number, 1, row) for every row, read a batch at a time; a corrupt page stops the run (UsageError)."""
+    import pyarrow.parquet as pq
+
     number = 0
-    for batch in parquet.iter_batches(batch_size=4096):
-        for row in batch.to_pylist():
-            number += 1
-            yield number, row
-
-
-def _jsonl_rows(path: str) -> Iterator[tuple[int, Any]]:
-    with open(path, encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                yield number, RowError("empty line")
-                continue
+    with pq.ParquetFile(path) as parquet:
+        batches = parquet.iter_batches(batch_size=_READ_BATCH_ROWS)
+        while True:
             try:
-                yield number, json.loads(text)
-            except ValueError as exc:
-                yield number, RowError(f"malformed JSON: {exc}")
+                batch = next(batches, None)
+            except Exception as exc:  # OSError or ArrowInvalid from a corrupt page: no row of it can be trusted
+                raise UsageError(
+                    f"cannot read input {path} after row {number}: {_one_line(exc)}; nothing written"
+                ) from None
+            if batch is None:
+                return
+            for row in batch.to_pylist():
+                number += 1
+                yield number, 1, row
+
+
+def _jsonl_rows(path: str) -> Iterator[tuple[int, int, Any]]:
+    """(1-based line, bytes, row or RowError) for every line: each line is decoded and parsed on its own."""
+    try:
+        with open(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                yield number, len(raw), _parse_line(raw[3:] if number == 1 and raw.startswith(_BOM) else raw)
+    except OSError as exc:
+        raise UsageError(f"cannot read input {path}: {_one_line(exc)}") from None
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def _parse_line(raw: bytes) -> Any:
+    """The JSON value of one line, or the RowError saying why it has none."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return RowError(f"not valid UTF-8 (byte {exc.start + 1} of the line: {raw[exc.start : exc.start + 1]!r})")
+    if not text.strip():
+        return RowError("empty line")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        return RowError("JSON nested too deeply to parse")
+    except ValueError as exc:
+        return RowError(f"malformed JSON: {exc}")
 
 
 def output_schema() -> Any:
@@ -304,36 +578,69 @@ def output_schema() -> Any:
     )
 
 
-def write_parquet(records: list[dict[str, Any]], path: str) -> None:
-    """Write verl records to ``path`` with :func:`output_schema`."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+class _ParquetSink:
+    """Writes records to a parquet file in row groups of bounded size (rows and approximate bytes)."""
 
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(records, schema=output_schema()), path)
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.writer: Any = None
+        self.buffer: list[dict[str, Any]] = []
+        self.buffered_bytes = 0
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.buffer.append(record)
+        # The text that dominates a row's size (other callers of write_parquet may leave fields out).
+        truth = (record.get("reward_model") or {}).get("ground_truth") or ""
+        self.buffered_bytes += len(truth) + sum(len(m.get("content") or "") for m in record.get("prompt") or [])
+        if len(self.buffer) >= _WRITE_BATCH_ROWS or self.buffered_bytes >= _WRITE_BATCH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self.buffer:
+            return
+        schema = output_schema()
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, schema)
+        self.writer.write_table(pa.Table.from_pylist(self.buffer, schema=schema))
+        self.buffer, self.buffered_bytes = [], 0
+
+    def __enter__(self) -> _ParquetSink:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is None:
+            self.flush()
+        if self.writer is not None:
+            self.writer.close()
 
 
-def _write_rejects(path: str, rejects: list[Reject]) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        for reject in rejects:
-            handle.write(json.dumps({"file": reject.file, "line": reject.line, "reason": reject.reason}) + "\n")
+def write_parquet(records: Iterable[dict[str, Any]], path: str) -> None:
+    """Write verl records to ``path`` with :func:`output_schema`, atomically (a temporary file renamed over it)."""
+    output = AtomicFile(path)
+    try:
+        with _ParquetSink(output.temp) as sink:
+            for record in records:
+                sink.add(record)
+        output.commit()
+    finally:
+        output.discard()
 
 
-def _print_summary(output: str, written: int, rejects: list[Reject], rejects_path: str) -> None:
+def _print_summary(output: str, summary: Summary, rejects_path: str) -> None:
     err = sys.stderr
-    if rejects:
-        print(f"prepare-data: {len(rejects)} row(s) rejected (all listed in {rejects_path}):", file=err)
-        for reject in rejects[:_SHOWN_REJECTS]:
+    if summary.rejected:
+        print(f"prepare-data: {summary.rejected} row(s) rejected (all listed in {rejects_path}):", file=err)
+        for reject in summary.shown:
             print(f"  {reject.file}:{reject.line}: {reject.reason}", file=err)
-        if len(rejects) > _SHOWN_REJECTS:
-            print(f"  ... and {len(rejects) - _SHOWN_REJECTS} more", file=err)
-        # Group by the reason's leading phrase (before any per-row detail) for a readable tally.
-        tally = Counter(reject.reason.split(":")[0].split(" (")[0] for reject in rejects)
-        for reason, count in tally.most_common():
+        if summary.rejected > len(summary.shown):
+            print(f"  ... and {summary.rejected - len(summary.shown)} more", file=err)
+        for reason, count in summary.tally.most_common():
             print(f"  {count:>8}  {reason}", file=err)
-    if written:
-        print(f"prepare-data: wrote {written} row(s) to {output}", file=err)
+    if summary.written:
+        print(f"prepare-data: wrote {summary.written} row(s) to {output}", file=err)
     else:
-        print(f"prepare-data: no valid rows; {output} not written", file=err)
+        kept = " (the previous file is left as it was)" if os.path.exists(output) else ""
+        print(f"prepare-data: no valid rows; {output} not written{kept}", file=err)

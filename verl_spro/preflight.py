@@ -3,9 +3,10 @@
 Composes exactly the config ``python -m verl.trainer.main_ppo [--config-path P --config-name N] overrides...``
 would (verl's own ``ppo_trainer`` without ``--config-path``), then reports one line per check, OK/WARN/FAIL:
 the estimator is registered, verl builds the reference policy (through verl-spro's hook) and no KL term is on,
-``algorithm.spro.*`` is valid, the rollout and training engines import, the data files exist and have verl's
-columns, the model path is readable, enough GPUs are visible on this node, the batch sizes divide the way verl
-needs, and verl's own ``validate_config`` passes.
+``algorithm.spro.*`` is valid, every size verl counts or divides with (batch sizes, micro-batches, GPUs, nodes,
+parallel sizes, ``rollout.n``) is an integer >= 1, the rollout and training engines import, the data file lists
+are not empty and their files exist and have verl's columns, the model path is readable, enough GPUs are visible
+on this node, the batch sizes divide the way verl needs, and verl's own ``validate_config`` passes.
 
 With ``adv_estimator=spro``, a KL loss or in-reward KL is a WARN (legal, but not the paper's recipe and extra
 work), as is a ``loss_agg_mode`` other than the paper's ``seq-mean-token-mean``.
@@ -25,6 +26,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
@@ -35,6 +37,45 @@ PAPER_LOSS_AGG_MODE = "seq-mean-token-mean"
 CPU_ONLY_ENV = "VERL_SPRO_CPU_ONLY"
 _REMOTE_PREFIXES = ("hdfs://", "s3://", "gs://", "http://", "https://")
 _HF_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+#: Sizes verl counts or divides with: each must be an integer >= 1. These must be set ...
+REQUIRED_SIZES = (
+    "data.train_batch_size",
+    "trainer.n_gpus_per_node",
+    "trainer.nnodes",
+    "trainer.total_epochs",
+    "actor_rollout_ref.rollout.n",
+    "actor_rollout_ref.actor.ppo_mini_batch_size",
+    "actor_rollout_ref.rollout.tensor_model_parallel_size",
+)
+#: ... and these only where set (null means "unset" or "use the other key" in verl).
+OPTIONAL_SIZES = (
+    "data.val_batch_size",
+    "data.max_prompt_length",
+    "data.max_response_length",
+    "trainer.total_training_steps",
+    "actor_rollout_ref.actor.ppo_epochs",
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu",
+    "actor_rollout_ref.actor.ppo_max_token_len_per_gpu",
+    "actor_rollout_ref.actor.ulysses_sequence_parallel_size",
+    "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu",
+    "actor_rollout_ref.ref.log_prob_max_token_len_per_gpu",
+    "actor_rollout_ref.ref.ulysses_sequence_parallel_size",
+    "actor_rollout_ref.rollout.pipeline_model_parallel_size",
+    "actor_rollout_ref.rollout.data_parallel_size",
+    "actor_rollout_ref.rollout.expert_parallel_size",
+    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu",
+    "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu",
+)
+#: Megatron parallel sizes, checked under actor/ref ``.megatron`` when that role's strategy is megatron.
+MEGATRON_SIZES = (
+    "tensor_model_parallel_size",
+    "pipeline_model_parallel_size",
+    "context_parallel_size",
+    "expert_model_parallel_size",
+    "expert_tensor_parallel_size",
+    "virtual_pipeline_model_parallel_size",
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +98,17 @@ class Context:
     def gpu_fail(self) -> str:
         """The status of a missing GPU-side dependency: FAIL for a GPU run, WARN with ``--cpu-only``."""
         return WARN if self.cpu_only else FAIL
+
+    @cached_property
+    def bad_sizes(self) -> dict[str, str]:
+        """``{key: problem}`` for every size that is not an integer >= 1 (see :func:`invalid_sizes`)."""
+        return invalid_sizes(self.config)
+
+    def sizes_unchecked(self, name: str) -> Check | None:
+        """A WARN line for a check that needs the sizes, when some are invalid (they FAIL in ``sizes``)."""
+        if not self.bad_sizes:
+            return None
+        return Check(name, WARN, f"not checked: invalid {', '.join(self.bad_sizes)} (see 'sizes')")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,13 +172,13 @@ def _one_line(exc: BaseException | str) -> str:
 
 
 def _estimator(config: Any) -> str:
-    from verl_spro.verl_integration import estimator_name
+    from verl_spro.dataproto_adapter import estimator_name
 
     return estimator_name(config.algorithm.adv_estimator)
 
 
 def _is_spro(config: Any) -> bool:
-    from verl_spro.verl_integration import trains_with_spro
+    from verl_spro.dataproto_adapter import trains_with_spro
 
     return trains_with_spro(config)
 
@@ -217,8 +269,44 @@ def check_spro_config(ctx: Context) -> Iterator[Check]:
         yield Check("spro config", OK, f"unused (adv_estimator={_estimator(ctx.config)})")
 
 
+def invalid_sizes(config: Any) -> dict[str, str]:
+    """``{key: problem}`` for each of :data:`REQUIRED_SIZES`, :data:`OPTIONAL_SIZES` and the Megatron sizes that is
+    not an integer >= 1 (booleans and floats included), or is unset where required."""
+    from omegaconf import OmegaConf
+
+    keys = [(key, True) for key in REQUIRED_SIZES] + [(key, False) for key in OPTIONAL_SIZES]
+    for role in ("actor", "ref"):
+        if str(OmegaConf.select(config, f"actor_rollout_ref.{role}.strategy", default="")) == "megatron":
+            keys += [(f"actor_rollout_ref.{role}.megatron.{key}", False) for key in MEGATRON_SIZES]
+    problems = {}
+    for key, required in keys:
+        try:
+            value = OmegaConf.select(config, key, default=None, throw_on_missing=False)
+        except Exception as exc:  # an interpolation that does not resolve
+            problems[key] = f"{key} cannot be resolved: {_one_line(exc)}"
+            continue
+        if value is None:
+            if required:
+                problems[key] = f"{key} is not set: it must be an integer >= 1"
+        elif isinstance(value, bool) or not isinstance(value, int):
+            problems[key] = f"{key}={value!r} is not an integer: it must be an integer >= 1"
+        elif value < 1:
+            problems[key] = f"{key}={value}: it must be an integer >= 1"
+    return problems
+
+
+def check_sizes(ctx: Context) -> Iterator[Check]:
+    """Every batch size, micro-batch, GPU and node count, parallel size and ``rollout.n`` is an integer >= 1."""
+    for problem in ctx.bad_sizes.values():
+        yield Check("sizes", FAIL, problem)
+    if not ctx.bad_sizes:
+        yield Check("sizes", OK, "batch sizes, micro-batches, GPUs, nodes, parallel sizes, rollout.n are >= 1")
+
+
 def check_group_size(ctx: Context) -> Iterator[Check]:
     """Group estimators need at least two samples per prompt."""
+    if "actor_rollout_ref.rollout.n" in ctx.bad_sizes:
+        return  # reported by check_sizes
     n = int(ctx.config.actor_rollout_ref.rollout.n)
     name = _estimator(ctx.config)
     if name in GROUP_ESTIMATORS and n < 2:
@@ -280,6 +368,10 @@ def check_gpus(ctx: Context) -> Iterator[Check]:
     """``torch.cuda.device_count()`` on this node against ``trainer.n_gpus_per_node``."""
     import torch
 
+    skipped = ctx.sizes_unchecked("GPUs")
+    if skipped:
+        yield skipped
+        return
     trainer = ctx.config.trainer
     per_node, nodes = int(trainer.n_gpus_per_node), int(trainer.nnodes)
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -329,15 +421,20 @@ def _in_hf_cache(repo_id: str) -> bool:
 def check_data(ctx: Context) -> Iterator[Check]:
     """``data.train_files``/``val_files`` exist and are parquet with the columns verl reads."""
     data = ctx.config.data
+    batch = 1 if "data.train_batch_size" in ctx.bad_sizes else int(data.train_batch_size)
     for key in ("train_files", "val_files"):
         paths = data.get(key)
         if paths is None:
             yield Check(f"data.{key}", FAIL if key == "train_files" else OK, "not set")
             continue
-        for raw in [paths] if isinstance(paths, str) else list(paths):
-            yield _check_data_file(
-                f"data.{key}", str(raw), data, min_rows=data.train_batch_size if key == "train_files" else 1
-            )
+        files = [paths] if isinstance(paths, str) else list(paths)
+        if not files:
+            yield Check(f"data.{key}", FAIL, f"data.{key}=[] is an empty list: give at least one parquet file")
+        for raw in files:
+            if not str(raw).strip():
+                yield Check(f"data.{key}", FAIL, f"data.{key} has an empty path: {paths!r}")
+                continue
+            yield _check_data_file(f"data.{key}", str(raw), data, min_rows=batch if key == "train_files" else 1)
 
 
 def _check_data_file(name: str, raw: str, data: Any, min_rows: int) -> Check:
@@ -405,6 +502,10 @@ def check_batch_sizes(ctx: Context) -> Iterator[Check]:
     """The divisibility verl needs, with the numbers spelt out (verl's own messages come in the next check)."""
     from verl.trainer.main_ppo import need_reference_policy
 
+    skipped = ctx.sizes_unchecked("batch sizes")
+    if skipped:
+        yield skipped
+        return
     config = ctx.config
     actor, rollout, ref = (
         config.actor_rollout_ref.actor,
@@ -496,6 +597,10 @@ def check_verl_validate_config(ctx: Context) -> Iterator[Check]:
     """verl's own ``validate_config``, called as main_ppo calls it (with verl-spro's hook)."""
     from verl.trainer.main_ppo import need_critic, need_reference_policy, validate_config
 
+    skipped = ctx.sizes_unchecked("verl validate_config")
+    if skipped:  # verl would fail with a ZeroDivisionError or an assertion that does not name the key
+        yield skipped
+        return
     config = ctx.config
     try:
         with contextlib.redirect_stdout(io.StringIO()):
@@ -512,6 +617,7 @@ CHECKS: tuple[Callable[[Context], Iterator[Check]], ...] = (
     check_estimator,
     check_reference_policy,
     check_spro_config,
+    check_sizes,
     check_group_size,
     check_rollout,
     check_training_engine,

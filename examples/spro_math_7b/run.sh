@@ -9,9 +9,13 @@
 #   CONFIG_NAME  a config in configs/ (default: spro_megatron_7b; spro_fsdp2_7b for FSDP2)
 #   MODEL_PATH   model directory or HF id (default: the config's, PRIME-RL/Eurus-2-7B-SFT)
 #   STAGE        all | data | check | train (default: all)
+# verl-spro and python come from the active environment, else from the repository's .venv (examples/env.sh).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=examples/env.sh
+source "${repo_root}/examples/env.sh"
+examples_use_verl_spro_env "${repo_root}"
 raw_dir="${RAW_DIR:-}"
 data_dir="${DATA_DIR:-${HOME}/data/eurus2_rl}"
 config_name="${CONFIG_NAME:-spro_megatron_7b}"

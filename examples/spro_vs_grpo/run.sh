@@ -11,9 +11,13 @@
 #   SEED      seed for data order, rollout sampling and Megatron init (default: 42)
 #   STEPS     training steps per run (default: 200)
 #   ORDER     "spro grpo" (default) or "grpo spro"
+# verl-spro and python come from the active environment, else from the repository's .venv (examples/env.sh).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=examples/env.sh
+source "${repo_root}/examples/env.sh"
+examples_use_verl_spro_env "${repo_root}"
 shape="${SHAPE:-megatron_7b}"
 data_dir="${DATA_DIR:-${HOME}/data/eurus2_rl}"
 seed="${SEED:-42}"
