@@ -11,7 +11,7 @@
 #   worker ADDR [--foreground]    join this machine to the head at ADDR (HOST:PORT; or env HEAD_ADDR)
 #   wait                          wait (bounded) until SPRO_NNODES nodes and SPRO_NNODES*SPRO_GPUS_PER_NODE GPUs joined
 #   smoke                         run one task on every node; checks `import verl` there knows the spro estimator
-#   train [CONFIG] [OVERRIDES]    preflight check, wait, then python -m verl.trainer.main_ppo on this cluster
+#   train [CONFIG] [OVERRIDES]    preflight check, wait, then python -m verl_spro.main_ppo on this cluster
 #                                 with trainer.nnodes / trainer.n_gpus_per_node set (unless you override them)
 #   status                        `ray status` of the cluster
 #   stop                          stop the Ray node(s) this script started on this machine (by PID file)
@@ -185,7 +185,7 @@ cmd_train() {
     RAY_ADDRESS="$(head_address)"
     export RAY_ADDRESS
     spro_log "training: config $config_name, ${auto[*]:-} (+$# overrides) on Ray at $RAY_ADDRESS"
-    exec "$PY" -m verl.trainer.main_ppo --config-path="$config_dir" --config-name="$config_name" "$@" "${auto[@]}"
+    exec "$PY" -m verl_spro.main_ppo --config-path="$config_dir" --config-name="$config_name" "$@" "${auto[@]}"
 }
 
 cmd_stop() {

@@ -5,7 +5,7 @@
 #   scripts/train_single_node.sh spro_fsdp2_7b data.train_files=/data/math/train.parquet trainer.total_epochs=2
 #
 # Runs the preflight `verl-spro check` on the same config and overrides, then
-#   python -m verl.trainer.main_ppo --config-path=<repo>/configs --config-name=CONFIG_NAME \
+#   python -m verl_spro.main_ppo --config-path=<repo>/configs --config-name=CONFIG_NAME \
 #       OVERRIDES... trainer.nnodes=1 [trainer.n_gpus_per_node=N]
 # trainer.nnodes / trainer.n_gpus_per_node are only added when you did not give them yourself. Hydra flags
 # pass through too, placed before the overrides as Hydra wants (e.g. `--cfg job` prints the composed config).
@@ -48,7 +48,7 @@ if [[ -n "$gpus" && "$gpus" != "0" ]] && ! spro_has_override trainer.n_gpus_per_
     auto+=("trainer.n_gpus_per_node=$gpus")
 fi
 
-cmd=("$(spro_python)" -m verl.trainer.main_ppo --config-path="$config_dir" --config-name="$config_name" "$@" "${auto[@]}")
+cmd=("$(spro_python)" -m verl_spro.main_ppo --config-path="$config_dir" --config-name="$config_name" "$@" "${auto[@]}")
 if [[ "${SPRO_DRY_RUN:-0}" == "1" ]]; then
     printf '%s\n' "${cmd[@]}"
     exit 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from spro_reference import spro_reference
 
-from verl_spro.estimator import SproInputError, compute_spro_advantage
+from verl_spro.estimator import SproInputError, compute_spro_advantage, group_ids
 
 
 def make_batch(
@@ -282,19 +284,71 @@ def test_non_finite_log_probs_on_padding_are_ignored() -> None:
 def test_non_finite_reward_names_the_row() -> None:
     inputs = make_batch([3, 3], 16, seed=1)
     inputs["token_level_rewards"][3, 0] = float("nan")
-    with pytest.raises(SproInputError, match=r"token_level_rewards is NaN/inf .*row 3"):
+    with pytest.raises(SproInputError, match=r"token_level_rewards is NaN/inf on active .*row 3 \(1 positions, first"):
         compute_spro_advantage(**inputs)
 
 
-def test_mask_values_outside_zero_one_are_an_error() -> None:
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_rewards_on_padding_are_ignored_like_log_probs(bad: float) -> None:
+    """A reward on padding (a padded row included) counts as 0 when it is not finite; finite ones count, as in
+    verl's GRPO score, which sums every position."""
+    inputs = make_batch([3, 3], 16, seed=1, padding_rows=1)
+    inputs["response_mask"][2, 8:] = 0.0
+    expected = compute_spro_advantage(**inputs).advantages
+    inputs["token_level_rewards"][2, 9] = bad
+    inputs["token_level_rewards"][6, 3] = bad  # the all-padding row
+    out = compute_spro_advantage(**inputs).advantages
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("bad", [2.0, -1.0, 0.5, float("nan"), float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_mask_values_other_than_zero_one_are_an_error(bad: float, dtype: torch.dtype) -> None:
+    """0.5 is not a weight and NaN is not padding: both used to pass (NaN silently poisoned the whole group)."""
     inputs = make_batch([2, 2], 8, seed=0)
-    inputs["response_mask"][1, 0] = 2.0
-    with pytest.raises(SproInputError, match=r"response_mask must hold 0 \(padding\) and 1 .* \[0.0, 2.0\]"):
+    inputs["response_mask"] = inputs["response_mask"].to(dtype)
+    inputs["response_mask"][1, 0] = bad
+    with pytest.raises(SproInputError, match=rf"response_mask must hold exactly 0 .* got {bad} at row 1, t=0"):
         compute_spro_advantage(**inputs)
+
+
+def test_integer_and_bool_masks_are_accepted() -> None:
+    inputs = make_batch([3, 2], 8, seed=0)
+    expected = compute_spro_advantage(**inputs).advantages
+    for dtype in (torch.bool, torch.long, torch.int32, torch.uint8):
+        out = compute_spro_advantage(**{**inputs, "response_mask": inputs["response_mask"].to(dtype)})
+        assert torch.equal(out.advantages, expected)
+    inputs["response_mask"] = inputs["response_mask"].long()
+    inputs["response_mask"][0, 0] = 2
+    with pytest.raises(SproInputError, match=r"got 2\.0 at row 0, t=0"):
+        compute_spro_advantage(**inputs)
+
+
+@pytest.mark.parametrize(
+    ("labels", "n_groups"),
+    [
+        ([1, 1.0, np.int64(1), np.float32(1.0), True], 1),  # Python equality: all the same dict key
+        ([1, "1", 1, "1"], 2),
+        ([(0, "a"), (0, "a"), (1, "a"), ("x",)], 3),
+        (np.array([3, 3, 7], dtype=np.int64), 2),
+        (np.array(["u", "v", "u"]), 2),
+        (torch.tensor([5, 5, 2]), 2),
+    ],
+)
+def test_groups_follow_python_equality_like_verls_grpo(labels, n_groups: int) -> None:
+    ids = group_ids(labels, len(labels), torch.device("cpu"))
+    first_seen: dict = {}
+    as_list = labels.tolist() if isinstance(labels, torch.Tensor) else list(labels)
+    assert ids.tolist() == [first_seen.setdefault(label, len(first_seen)) for label in as_list]
+    assert int(ids.max()) + 1 == n_groups
+
+
+def test_unhashable_uid_names_the_row() -> None:
+    with pytest.raises(SproInputError, match=r"index \(uid\) of row 1 is \[1, 2\] \(list\), which is not hashable"):
+        group_ids([(1, 2), [1, 2]], 2, torch.device("cpu"))
 
 
 def test_inputs_are_not_modified_and_outputs_do_not_alias_across_calls() -> None:
-    """The mask workspace is reused between calls: a returned tensor must never live in it."""
     inputs = make_batch([3, 3], 16, seed=2)
     before = {k: v.clone() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
     first = compute_spro_advantage(**inputs)
@@ -313,6 +367,18 @@ def test_empty_batch_gives_empty_result(shape: tuple[int, int]) -> None:
     assert out.outcome.shape == (shape[0],)
 
 
+def test_no_batch_sized_buffer_outlives_the_call() -> None:
+    """Nothing of size [B, T] is kept between calls (the estimator used to keep a per-thread mask buffer, never
+    freed, and on CUDA reused without a stream sync)."""
+    batch, length = 37, 1031  # a numel no other live tensor has
+    inputs = make_batch([37], length, seed=4)
+    out = compute_spro_advantage(**inputs)
+    del out, inputs
+    gc.collect()
+    big = [o for o in gc.get_objects() if issubclass(type(o), torch.Tensor) and o.numel() >= batch * length]
+    assert big == [], [tuple(t.shape) for t in big]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_tensors_give_the_cpu_result_on_the_gpu() -> None:
@@ -323,3 +389,22 @@ def test_cuda_tensors_give_the_cpu_result_on_the_gpu() -> None:
     cpu = compute_spro_advantage(**on_cpu, beta=0.05, msa_norm_by_std=True)
     assert gpu.advantages.is_cuda and gpu.advantages.dtype == torch.float32
     torch.testing.assert_close(gpu.advantages.cpu(), cpu.advantages, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_cuda_fast_path_matches_the_float64_loop_at_32k(dtype: torch.dtype, shuffle: bool) -> None:
+    """verl's layouts on the GPU: equal consecutive groups (block path) and rows shuffled (general path)."""
+    inputs = make_batch([4, 4, 4], 32768, seed=6, padding_rows=2)
+    inputs["response_mask"][0] = 1.0
+    if shuffle:
+        perm = torch.randperm(14, generator=torch.Generator().manual_seed(0))
+        inputs = {k: (v[perm.numpy()] if isinstance(v, np.ndarray) else v[perm]) for k, v in inputs.items()}
+    half = {k: (v.to(dtype) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+    out = compute_spro_advantage(**{k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in half.items()})
+    adv, _, _ = spro_reference(**{**half, "index": list(half["index"])}, beta=0.05)
+    assert out.advantages.is_cuda and torch.isfinite(out.advantages).all()
+    err = (out.advantages.cpu().double() - adv).abs().max()
+    assert err <= 1e-4 * adv.abs().max(), f"max error {err:.3g} vs scale {adv.abs().max():.3g}"

@@ -76,7 +76,7 @@ def test_train_dry_run_config_name_and_user_overrides_win():
     r = _run([str(TRAIN), DEFAULT_CONFIG, "trainer.nnodes=2", "+x.y=1"], _env(SPRO_DRY_RUN="1", SPRO_GPUS_PER_NODE="4"))
     assert r.returncode == 0, r.stderr
     argv = r.stdout.splitlines()
-    assert argv[:3] == [sys.executable, "-m", "verl.trainer.main_ppo"]
+    assert argv[:3] == [sys.executable, "-m", "verl_spro.main_ppo"]  # verl's main_ppo, plugin loaded explicitly
     assert argv[3] == f"--config-path={REPO / 'configs'}" and argv[4] == f"--config-name={DEFAULT_CONFIG}"
     assert argv[5:] == ["trainer.nnodes=2", "+x.y=1", "trainer.n_gpus_per_node=4"]  # ours only where not given
 
@@ -88,7 +88,7 @@ def test_train_unknown_config_is_a_clear_error():
 
 
 def test_train_composes_the_project_config_through_verl_main_ppo():
-    """Real `python -m verl.trainer.main_ppo`: Hydra's --cfg job prints the config it would train with."""
+    """Real `python -m verl_spro.main_ppo` (verl's main_ppo): `--cfg job` prints the config it would train with."""
     if not (REPO / "configs" / f"{DEFAULT_CONFIG}.yaml").exists():
         pytest.skip(f"configs/{DEFAULT_CONFIG}.yaml not present")
     r = _run(

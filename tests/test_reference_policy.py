@@ -30,9 +30,10 @@ DECIDERS = [
     "verl.experimental.separation.utils",
 ]
 
-# What verl's validate_config needs on any estimator (micro-batches) plus the rollout engine's name.
+# What verl's validate_config needs on any estimator (micro-batches), the rollout engine's name, and a group size.
 RUNNABLE = [
     "actor_rollout_ref.rollout.name=vllm",
+    "actor_rollout_ref.rollout.n=4",
     "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
     "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
     "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=2",
@@ -85,7 +86,7 @@ def test_verls_validation_passes_for_both_engines(engine: str) -> None:
 def test_validation_names_the_reference_micro_batch_key_when_missing() -> None:
     from verl.trainer import main_ppo
 
-    config = spro_config(*RUNNABLE[:3])
+    config = spro_config(*RUNNABLE[:4])
     with pytest.raises(ValueError, match=r"actor_rollout_ref\.ref\.log_prob_micro_batch_size_per_gpu"):
         main_ppo.validate_config(config, use_reference_policy=main_ppo.need_reference_policy(config), use_critic=False)
 
@@ -149,3 +150,48 @@ def test_main_ppo_stops_before_ray_on_a_bad_spro_config(tmp_path) -> None:
     assert "unknown key algorithm.spro.betta: did you mean algorithm.spro.beta?" in output
     assert "Started a local Ray instance" not in output
     assert "ray init kwargs" not in output
+
+
+@pytest.mark.parametrize("n", [1, 0])
+def test_validation_refuses_spro_with_fewer_than_two_samples_per_prompt(n: int) -> None:
+    """rollout.n=1 passes verl's own checks, but every SPRO advantage would be 0: refused before Ray."""
+    from verl.trainer import main_ppo
+
+    config = spro_config(*RUNNABLE, f"actor_rollout_ref.rollout.n={n}")
+    with pytest.raises(SproConfigError, match=rf"actor_rollout_ref\.rollout\.n={n}: every advantage would be 0"):
+        main_ppo.validate_config(config, use_reference_policy=main_ppo.need_reference_policy(config), use_critic=False)
+    with open_dict(config):
+        config.algorithm.adv_estimator = "grpo"  # verl's own rule for grpo is untouched
+    main_ppo.validate_config(config, use_reference_policy=False, use_critic=False)
+
+
+def _run_entry(module: str, *overrides: str, cwd, **env: str) -> tuple[int, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("VERL_USE_EXTERNAL")}
+    result = subprocess.run(
+        [sys.executable, "-m", module, *overrides],
+        cwd=cwd,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_project_entry_point_refuses_spro_when_ray_workers_would_not_load_the_plugin(tmp_path) -> None:
+    """`python -m verl_spro.main_ppo` loads the plugin itself, and stops before Ray when verl's workers would not."""
+    code, output = _run_entry(
+        "verl_spro.main_ppo", "algorithm.adv_estimator=spro", *RUNNABLE, cwd=tmp_path, VERL_USE_EXTERNAL_PLUGINS="none"
+    )
+    assert code != 0
+    assert "adv_estimator=spro cannot run with VERL_USE_EXTERNAL_PLUGINS=none" in output
+    assert "ray init kwargs" not in output and "Started a local Ray instance" not in output
+
+
+def test_project_entry_point_stops_before_ray_on_rollout_n_1(tmp_path) -> None:
+    code, output = _run_entry(
+        "verl_spro.main_ppo", "algorithm.adv_estimator=spro", *RUNNABLE, "actor_rollout_ref.rollout.n=1", cwd=tmp_path
+    )
+    assert code != 0
+    assert "actor_rollout_ref.rollout.n=1: every advantage would be 0" in output
+    assert "ray init kwargs" not in output and "Started a local Ray instance" not in output

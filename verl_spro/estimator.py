@@ -11,15 +11,26 @@ frozen reference policy. For a batch of ``B`` responses padded to ``T`` tokens, 
 5. final                     ``advantages[i,t] = m[i,t] * (outcome[i] + msa[i,t])``
 
 Everything is vectorised over rows and positions: one cumsum, group sums as a reduction over a ``[groups, k, T]``
-view in verl's layout (``index_add_`` and a gather back otherwise), and in-place ops on one ``[B, T]`` buffer that
-becomes the returned advantages.
-The readable float64 loop version this is tested against lives in ``tests/spro_reference.py``.
+view when rows come in equal consecutive blocks per group (``index_add_`` and a gather back otherwise), and
+in-place ops on one ``[B, T]`` buffer that becomes the returned advantages.
+The readable float64 loop version this is tested against is :mod:`verl_spro.estimator_reference`.
+
+Groups are the labels' Python equality and hash, as verl's ``grpo`` groups ``uid`` (``1`` and ``1.0`` are one group,
+``1`` and ``"1"`` two). ``response_mask`` must hold exactly 0 and 1. NaN/inf inputs on padding positions are
+ignored; on active positions they are an error naming the rows.
+
+V1 multi-output sessions (an agent session that returns several outputs, one row each): the outcome term is verl's
+GRPO multi-trajectory rule (each session's final output stands for the session in its ``uid`` group, and its
+outcome advantage is broadcast to every output of the session). The process term is defined on the same members:
+the MSA compares the final outputs of a group position by position, exactly as for single-output batches; the
+earlier outputs of a session have no peers to be compared with (like a lone active member) and get no process
+term, only the broadcast outcome. With ``beta = 0`` this is exactly verl's ``grpo`` there too. See
+:func:`session_final_rows` and :func:`spread_to_sessions`.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,11 +42,14 @@ __all__ = [
     "compute_spro_advantage",
     "group_ids",
     "grpo_outcome_advantage",
+    "session_final_rows",
+    "spread_to_sessions",
 ]
 
 
 class SproInputError(ValueError):
-    """Bad input to the SPRO estimator: wrong shapes, missing groups, NaN/inf on active positions."""
+    """Bad input to the SPRO estimator: wrong shapes, missing or unhashable groups, a mask that is not 0/1,
+    NaN/inf on active positions."""
 
 
 @dataclass
@@ -70,34 +84,44 @@ class SproOutput:
 
 
 def group_ids(index: Sequence | np.ndarray | torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Map verl's per-row group labels (``non_tensor_batch["uid"]``, any hashable) to dense ids ``0..n_groups-1``.
+    """Map verl's per-row group labels (``non_tensor_batch["uid"]``) to dense ids ``0..n_groups-1``.
+
+    Labels are grouped as verl's ``grpo`` groups them, as dict keys: by Python equality and hash. Any hashable label
+    works (str, int, float, numpy scalars, tuples); ``1``, ``1.0`` and ``np.int64(1)`` are one group, ``1`` and
+    ``"1"`` are two.
 
     Args:
-        index: ``[B]`` group label per row (numpy object array of str in verl, or an int tensor).
+        index: ``[B]`` group label per row (a numpy object array of str in verl, a list, or a 1-D tensor).
         batch_size: ``B``, to check the length.
         device: where the returned ids live.
 
     Returns:
-        ``[B]`` int64 tensor of group ids.
+        ``[B]`` int64 tensor of group ids, numbered in order of first appearance.
     """
     if index is None:
         raise SproInputError(
             "SPRO needs the prompt group of each row: non_tensor_batch['uid'] is missing. verl's trainers set it "
             "when they repeat each prompt actor_rollout_ref.rollout.n times; pass index=... when calling directly."
         )
-    if isinstance(index, torch.Tensor):
-        labels = index.detach().cpu().numpy()
+    if isinstance(index, torch.Tensor | np.ndarray):
+        shape = tuple(index.shape)
+        labels = index.tolist() if isinstance(index, torch.Tensor) else list(index)
     else:
-        labels = np.asarray(index)
-    if labels.shape != (batch_size,):
-        raise SproInputError(f"index (uid) has shape {labels.shape}, expected ({batch_size},): one group label per row")
-    if batch_size == 0:
-        return torch.zeros(0, dtype=torch.long, device=device)
-    if labels.dtype == object:
-        # verl's uids are Python str in an object array; np.unique on object arrays sorts by Python comparison.
-        labels = labels.astype(str)
-    _, inverse = np.unique(labels, return_inverse=True)
-    return torch.from_numpy(inverse.reshape(-1).astype(np.int64)).to(device)
+        labels = list(index)
+        shape = (len(labels),)
+    if shape != (batch_size,):
+        raise SproInputError(f"index (uid) has shape {shape}, expected ({batch_size},): one group label per row")
+    ids: dict[Hashable, int] = {}
+    dense = []
+    for row, label in enumerate(labels):
+        try:
+            dense.append(ids.setdefault(label, len(ids)))
+        except TypeError:
+            raise SproInputError(
+                f"index (uid) of row {row} is {label!r} ({type(label).__name__}), which is not hashable: group labels "
+                "are compared as verl's grpo compares them, as dict keys"
+            ) from None
+    return torch.tensor(dense, dtype=torch.long, device=device)
 
 
 def _group_sum(values: torch.Tensor, gid: torch.Tensor, n_groups: int) -> torch.Tensor:
@@ -154,7 +178,7 @@ def _check_inputs(tensors: dict[str, torch.Tensor], shape: torch.Size) -> None:
 
 
 def _raise_on_non_finite(
-    name: str, row_values: torch.Tensor, per_token: tuple[torch.Tensor, ...], active: torch.Tensor | None
+    name: str, row_values: torch.Tensor, per_token: tuple[torch.Tensor, ...], active: torch.Tensor
 ) -> None:
     """Raise :class:`SproInputError` naming the rows whose inputs are NaN/inf on an active position.
 
@@ -167,8 +191,7 @@ def _raise_on_non_finite(
     bad = torch.zeros(per_token[0].shape, dtype=torch.bool, device=per_token[0].device)
     for tensor in per_token:
         bad |= ~torch.isfinite(tensor)
-    if active is not None:
-        bad &= active
+    bad &= active
     details = []
     for row in bad_rows[:10].tolist():
         cols = bad[row].nonzero().flatten()
@@ -181,37 +204,23 @@ def _raise_on_non_finite(
     )
 
 
-class _MaskWorkspace(threading.local):
-    """One float32 buffer per thread, reused across calls for the ``[B, T]`` 0/1 mask.
-
-    The mask never leaves :func:`compute_spro_advantage`, so its buffer can outlive the call: a fresh ``[B, T]``
-    allocation costs page faults on every call (several ms at 1024 x 4096 on the CPU), more than the mask's own
-    conversion. The buffer grows to the largest ``B * T`` seen on the thread's device and is then reused.
-    """
-
-    buffer: torch.Tensor | None = None
-
-    def take(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
-        numel = shape[0] * shape[1]
-        buffer = self.buffer
-        if buffer is None or buffer.device != device or buffer.numel() < numel:
-            self.buffer = buffer = None  # free the old one before allocating the new one
-            self.buffer = buffer = torch.empty(numel, dtype=torch.float32, device=device)
-        return buffer[:numel].view(shape)
-
-
-_mask_workspace = _MaskWorkspace()
-
-
 def _float_mask(response_mask: torch.Tensor) -> torch.Tensor:
-    """``response_mask`` (``[B, T]``, bool or 0/1 numbers) as float32 0/1, in the thread's mask workspace."""
-    mask = _mask_workspace.take(response_mask.shape, response_mask.device).copy_(response_mask)
+    """``response_mask`` (``[B, T]``, bool or 0/1 numbers) as float32 0/1; anything else, NaN included, is an error.
+
+    Float * float ops are vectorised where mixed bool/int * float ops are several times slower, hence the float mask.
+    It is only read below, so a float32 input is used as it is.
+    """
+    mask = response_mask.to(torch.float32)
     if response_mask.dtype != torch.bool:
-        low, high = torch.aminmax(mask)
-        if bool(low < 0) or bool(high > 1):
+        bad = mask.ne(0.0).logical_and_(mask.ne(1.0))  # NaN is neither 0 nor 1
+        if bool(bad.any()):
+            rows = bad.any(dim=1).nonzero().flatten()
+            row = int(rows[0])
+            col = int(bad[row].nonzero()[0])
             raise SproInputError(
-                "response_mask must hold 0 (padding) and 1 (response tokens), "
-                f"got values in [{float(low)}, {float(high)}]"
+                f"response_mask must hold exactly 0 (padding) and 1 (response tokens), got {float(mask[row, col])} "
+                f"at row {row}, t={col} ({int(bad.sum())} such positions in {rows.numel()} rows); SPRO does not "
+                "take a mask as weights"
             )
     return mask
 
@@ -307,8 +316,8 @@ def compute_spro_advantage(
         :class:`SproOutput` with ``advantages`` ``[B, T]`` (a new tensor) and the terms the metrics need.
 
     Raises:
-        SproInputError: shape mismatch, missing or mis-sized ``index``, a mask value outside [0, 1], NaN/inf on an
-            active position.
+        SproInputError: shape mismatch, missing, mis-sized or unhashable ``index``, a mask value other than 0 and 1
+            (NaN included), NaN/inf on an active position.
     """
     if response_mask.dim() != 2:
         raise SproInputError(f"response_mask must be [batch, response_length], got shape {tuple(response_mask.shape)}")
@@ -374,8 +383,12 @@ def compute_spro_advantage(
     msa_copy = msa.clone() if keep_msa else None
 
     # 4-5. outcome term (scores summed in fp32 without an fp32 copy of the rewards), then m * (outcome + msa).
+    # As in verl's GRPO the score sums every position; a NaN/inf on padding counts as 0 (like a log-prob there).
     scores = token_level_rewards.sum(dim=-1, dtype=torch.float32)
-    _raise_on_non_finite("token_level_rewards", scores, (token_level_rewards,), None)
+    if not bool(torch.isfinite(scores).all()):
+        finite_or_active = torch.isfinite(token_level_rewards).logical_or_(mask.bool())
+        scores = torch.where(finite_or_active, token_level_rewards, 0.0).sum(dim=-1, dtype=torch.float32)
+        _raise_on_non_finite("token_level_rewards", scores, (token_level_rewards,), mask.bool())
     outcome = grpo_outcome_advantage(scores, gid, active_rows, norm_adv_by_std_in_grpo, epsilon)
     advantages = msa.addcmul_(mask, outcome.unsqueeze(1))
 
@@ -391,3 +404,45 @@ def compute_spro_advantage(
         msa_abs_max=torch.maximum(msa_low.abs(), msa_high.abs()),
         msa=msa_copy,
     )
+
+
+def session_final_rows(session: Sequence[Hashable], output_index: Sequence[int]) -> tuple[list[int], list[int]]:
+    """The final output of each V1 agent session: verl's GRPO multi-trajectory rule (highest output index).
+
+    Args:
+        session: ``[B]`` session label of each row (verl's ``{uid}_{session_id}``).
+        output_index: ``[B]`` index of the row's output within its session.
+
+    Returns:
+        ``(final_rows, owner)``: ``final_rows[k]`` is the row of the k-th session's final output (sessions in order
+        of first appearance), ``owner[i]`` the position in ``final_rows`` of row ``i``'s session.
+    """
+    final: dict[Hashable, tuple[int, int]] = {}
+    for row, (label, idx) in enumerate(zip(session, output_index, strict=True)):
+        if label not in final or final[label][0] < idx:
+            final[label] = (idx, row)
+    position = {label: k for k, label in enumerate(final)}
+    return [row for _, row in final.values()], [position[label] for label in session]
+
+
+def spread_to_sessions(
+    final: SproOutput, response_mask: torch.Tensor, final_rows: Sequence[int], owner: Sequence[int]
+) -> torch.Tensor:
+    """Advantages of every output of multi-output sessions from SPRO on the sessions' final outputs.
+
+    A final output keeps its SPRO advantage ``m * (outcome + msa)``; every other output gets ``m * outcome`` of its
+    session's final output (verl's GRPO broadcast) and no process term (see the module docstring).
+
+    Args:
+        final: :func:`compute_spro_advantage` on the final outputs (``[F, T]``) in ``final_rows`` order.
+        response_mask: ``[B, T]`` mask of all outputs.
+        final_rows, owner: from :func:`session_final_rows`.
+
+    Returns:
+        ``[B, T]`` float32 advantages.
+    """
+    device = final.advantages.device
+    owner_t = torch.as_tensor(owner, dtype=torch.long, device=device)
+    advantages = _float_mask(response_mask).mul(final.outcome[owner_t].unsqueeze(1))
+    advantages[torch.as_tensor(final_rows, dtype=torch.long, device=device)] = final.advantages
+    return advantages

@@ -5,6 +5,9 @@ wrapper must replace the function in its defining module *before* the importing 
 modules eagerly from the plugin would add seconds and heavy side effects to every ``import verl`` (in every Ray
 worker), so instead a ``sys.meta_path`` finder wraps the loader of each watched module and calls the hooks once
 the module's code has run. A module already imported when a hook is registered gets the hook immediately.
+
+Hooks are fail-soft: a hook that raises never breaks the import of its module. The failure is recorded
+(:func:`hook_failures`) and handed to the hook's ``on_error`` callback, or logged as a warning without one.
 """
 
 from __future__ import annotations
@@ -12,17 +15,36 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import logging
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-__all__ = ["when_imported"]
+__all__ = ["HookFailure", "hook_failures", "when_imported"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HookFailure:
+    """A hook that raised: the module was imported without it."""
+
+    module: str
+    hook: str
+    error: BaseException
+
+    def __str__(self) -> str:
+        return f"{self.hook} on {self.module}: {type(self.error).__name__}: {self.error}"
+
 
 Hook = Callable[[ModuleType], None]
+ErrorHandler = Callable[[HookFailure], None]
 
-_hooks: dict[str, list[Hook]] = {}
+_hooks: dict[str, list[tuple[Hook, ErrorHandler | None]]] = {}
+_failures: list[HookFailure] = []
 _lock = threading.RLock()
 
 
@@ -73,23 +95,48 @@ _finder = _PostImportFinder()
 def _run_hooks(name: str, module: ModuleType) -> None:
     with _lock:
         hooks = _hooks.pop(name, [])
-    for hook in hooks:
+    for hook, on_error in hooks:
+        _run_one(name, module, hook, on_error)
+
+
+def _run_one(name: str, module: ModuleType, hook: Hook, on_error: ErrorHandler | None) -> None:
+    """Run one hook; whatever it raises is recorded and reported, never propagated into the import."""
+    try:
         hook(module)
+    except Exception as err:  # fail-soft by design: the module must import without its hook
+        failure = HookFailure(name, getattr(hook, "__qualname__", repr(hook)), err)
+        with _lock:
+            _failures.append(failure)
+        try:
+            if on_error is None:
+                logger.warning("post-import hook failed, %s imported without it: %s", name, failure)
+            else:
+                on_error(failure)
+        except Exception:
+            logger.warning("post-import hook failed, %s imported without it: %s", name, failure)
 
 
-def when_imported(module_name: str, hook: Hook) -> None:
+def hook_failures() -> list[HookFailure]:
+    """Every hook that raised in this process, in order."""
+    with _lock:
+        return list(_failures)
+
+
+def when_imported(module_name: str, hook: Hook, on_error: ErrorHandler | None = None) -> None:
     """Call ``hook(module)`` once ``module_name`` has been imported (now, if it already is).
 
     Args:
         module_name: fully qualified module name, e.g. ``"verl.trainer.ppo.ray_trainer"``.
-        hook: called once with the module object, after its code ran and before the import returns.
+        hook: called once with the module object, after its code ran and before the import returns. If it
+            raises, the module is imported without it and the failure is recorded (:func:`hook_failures`).
+        on_error: called with the :class:`HookFailure` when ``hook`` raises; default: a logged warning.
     """
     module = sys.modules.get(module_name)
     if module is not None and getattr(module, "__spec__", None) is not None and not _initialising(module):
-        hook(module)
+        _run_one(module_name, module, hook, on_error)
         return
     with _lock:
-        _hooks.setdefault(module_name, []).append(hook)
+        _hooks.setdefault(module_name, []).append((hook, on_error))
         if _finder not in sys.meta_path:
             sys.meta_path.insert(0, _finder)
 
