@@ -1,0 +1,460 @@
+"""Run verl's real trainer (``python -m verl.trainer.main_ppo``) end to end on this machine's CPU.
+
+A tiny Qwen2 model and a byte-level ChatML tokenizer are built in code and saved to OUT/model, a small verifiable
+task (one-digit additions, partial credit for answering in digits) to OUT/data; nothing is downloaded. The stock
+entry point then trains on them through verl's own workers, rollout server, reference model, advantage estimator,
+actor update, weight sync, logger and checkpoints, with this package's CPU backend
+(``VERL_USE_EXTERNAL_MODULES=verl_spro.cpu_backend``) in place of CUDA, NCCL and vLLM.
+
+Extra ``key=value`` arguments are Hydra overrides passed to main_ppo after the smoke defaults (they win): point
+``actor_rollout_ref.model.path``, ``data.train_files``/``data.val_files`` or ``reward.custom_reward_function.*`` at
+your own model, data and reward code and the same command rehearses them before a cluster run.
+
+Writes OUT/metrics.jsonl (verl's ``file`` logger: one ``{"step": N, "data": {...}}`` line per step),
+OUT/main_ppo.log (verl's full output) and OUT/checkpoints (the last step is saved; ``--resume`` continues from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from verl_spro.argtypes import int_in_range, positive_int
+
+TRAINERS = ("v1", "legacy")
+ESTIMATORS = ("spro", "grpo")
+DATA_SOURCE = "verl_spro_smoke_add"
+CHARS = "abcdefghijklmnopqrstuvwxyz0123456789 \n+=?:.,"
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+PROMPT_LEN, RESPONSE_LEN = 32, 8
+TRAIN_PROMPTS, VAL_PROMPTS = 64, 8
+CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"
+CPU_BACKEND = "verl_spro.cpu_backend"  # importing it installs it: named here, never imported by this process
+CPU_ROLLOUT = "hf_cpu"  # verl_spro.cpu_backend.ROLLOUT_NAME (a test checks they agree)
+PROG = "verl-spro smoke"
+
+
+# --------------------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the smoke options and the trailing Hydra overrides on ``parser``."""
+    parser.add_argument("--out", type=Path, required=True, help="output folder (model, data, logs, checkpoints)")
+    parser.add_argument("--steps", type=positive_int("--steps"), default=2, help="training steps (default 2)")
+    parser.add_argument("--trainer", choices=TRAINERS, default="v1", help="verl's V1 trainer or the legacy one")
+    parser.add_argument("--estimator", choices=ESTIMATORS, default="spro", help="advantage estimator (spro)")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUT")
+    parser.add_argument(
+        "--seed",
+        type=int_in_range(0, 2**31 - 1, "--seed"),
+        default=0,
+        help="seed of the model, data, sampling and training (0 to 2**31-1; default 0)",
+    )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over in an OUT that holds checkpoints (deletes OUT/checkpoints); without it such an OUT is refused",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=positive_int("--timeout"),
+        default=900,
+        help="give up when no step completes for this many seconds, start-up included (default 900)",
+    )
+    parser.add_argument("overrides", nargs="*", metavar="OVERRIDES", help="Hydra overrides for main_ppo (key=value)")
+
+
+def validate(args: argparse.Namespace) -> str | None:
+    """None when the options can run, else a one-line reason naming the option."""
+    from verl_spro.demo import check_out_dir
+
+    for override in args.overrides:
+        if not _override_key(override) or ("=" not in override and not override.startswith("~")):
+            return f"override {override!r}: expected key=value (a Hydra override such as trainer.save_freq=1)"
+    if args.resume and args.fresh:
+        return "--resume and --fresh contradict each other: pick one"
+    if args.resume:
+        latest = latest_checkpoint_step(args.out / "checkpoints")
+        if latest is None:
+            return f"--resume: no checkpoint in {args.out / 'checkpoints'} (run without --resume first)"
+        if latest >= args.steps:
+            return f"--resume: the checkpoint in {args.out} is at step {latest}; --steps must be above it"
+    elif not args.fresh:
+        latest = latest_checkpoint_step(args.out / "checkpoints")
+        if latest is not None:
+            return (
+                f"--out {args.out} holds a checkpoint at step {latest}: continue it with --resume, start over with "
+                "--fresh (deletes it), or choose another --out"
+            )
+    return check_out_dir(args.out)  # last: it creates --out
+
+
+def latest_checkpoint_step(checkpoints: Path) -> int | None:
+    """The step verl's checkpoint tracker names in ``checkpoints``, or None when there is none."""
+    tracker = checkpoints / CHECKPOINT_TRACKER
+    try:
+        step = int(tracker.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return step if (checkpoints / f"global_step_{step}").is_dir() else None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``verl-spro smoke``. Returns main_ppo's exit code (2 on bad arguments, 1 on a timeout)."""
+    problem = validate(args)
+    if problem is not None:
+        print(f"{PROG}: error: {problem}", file=sys.stderr)
+        return 2
+    out = args.out.resolve()
+    if not args.resume:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    model_dir = out / "model"
+    if not (model_dir / "config.json").is_file() or not args.resume:
+        build_model(model_dir, args.seed)
+    train_file, val_file = write_task(out / "data", args.seed)
+    command = [
+        sys.executable,
+        "-m",
+        "verl.trainer.main_ppo",
+        *merge_overrides(
+            smoke_overrides(out, model_dir, train_file, val_file, args),
+            args.overrides,
+        ),
+    ]
+    return run_trainer(command, out, args.steps, args.timeout)
+
+
+# -------------------------------------------------------------------------------------------- model and task
+
+
+def build_tokenizer() -> Any:
+    """A byte-level Qwen2 tokenizer over :data:`CHARS` with ChatML special tokens and chat template.
+
+    verl's agent loop needs ``"\\n"`` to be one token; byte-level BPE with no merges makes every character one.
+    """
+    from transformers import Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    byte_to_char = bytes_to_unicode()
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    for char in CHARS:
+        vocab[byte_to_char[ord(char)]] = len(vocab)
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS[1:])})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_model(model_dir: Path, seed: int) -> None:
+    """Save a randomly initialised 2-layer Qwen2 (hidden 64) and its tokenizer to ``model_dir``."""
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+    tokenizer = build_tokenizer()
+    eos, pad = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=PROMPT_LEN + RESPONSE_LEN,
+        tie_word_embeddings=False,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config).float()
+    model.generation_config = GenerationConfig(eos_token_id=[eos], pad_token_id=pad)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+
+
+def write_task(data_dir: Path, seed: int) -> tuple[Path, Path]:
+    """Write train/val parquet files of one-digit additions (``"3+4="``) in verl's RL schema."""
+    from verl_spro.data_prep import write_parquet
+
+    rng = random.Random(seed)
+    paths = []
+    for split, size in (("train", TRAIN_PROMPTS), ("val", VAL_PROMPTS)):
+        records = []
+        for index in range(size):
+            a, b = rng.randrange(10), rng.randrange(10)
+            records.append(
+                {
+                    "data_source": DATA_SOURCE,
+                    "prompt": [{"role": "user", "content": f"{a}+{b}="}],
+                    "ability": "math",
+                    "reward_model": {"style": "rule", "ground_truth": str(a + b)},
+                    "extra_info": {"split": split, "index": index, "ability": "math"},
+                }
+            )
+        path = data_dir / f"{split}.parquet"
+        write_parquet(records, str(path))
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def compute_score(
+    data_source: str, solution_str: str, ground_truth: Any, extra_info: Any = None, **kwargs: Any
+) -> float:
+    """1.0 for the right sum; otherwise partial credit, half the fraction of the response's characters that are digits.
+
+    The partial credit makes the reward vary inside a group even for an untrained model, so advantages are non-zero.
+    """
+    answer = solution_str.strip()
+    if answer == str(ground_truth):
+        return 1.0
+    if not answer:
+        return 0.0
+    return 0.5 * sum(char.isdigit() for char in answer) / len(answer)
+
+
+# ------------------------------------------------------------------------------------------------- overrides
+
+
+def smoke_overrides(
+    out: Path, model_dir: Path, train_file: Path, val_file: Path, args: argparse.Namespace
+) -> list[str]:
+    """main_ppo overrides of a smoke run: tiny sizes, the CPU backend's settings, OUT's files (see the module doc)."""
+    seed = args.seed
+    engine = []
+    for role in ("actor", "ref"):
+        engine += [
+            f"actor_rollout_ref.{role}.strategy=fsdp2",
+            f"actor_rollout_ref.{role}.fsdp_config.dtype=float32",
+            f"actor_rollout_ref.{role}.use_torch_compile=false",
+        ]
+    return [
+        f"algorithm.adv_estimator={args.estimator}",
+        "algorithm.use_kl_in_reward=false",
+        f"trainer.use_v1={str(args.trainer == 'v1').lower()}",
+        f"data.train_files={train_file}",
+        f"data.val_files={val_file}",
+        "data.train_batch_size=4",
+        f"data.max_prompt_length={PROMPT_LEN}",
+        f"data.max_response_length={RESPONSE_LEN}",
+        f"data.seed={seed}",
+        "data.dataloader_num_workers=0",
+        f"actor_rollout_ref.model.path={model_dir}",
+        "actor_rollout_ref.model.use_remove_padding=false",
+        "actor_rollout_ref.model.enable_gradient_checkpointing=false",
+        "+actor_rollout_ref.model.override_config.attn_implementation=eager",
+        *engine,
+        "actor_rollout_ref.actor.optim.lr=1e-2",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=16",
+        "actor_rollout_ref.actor.use_kl_loss=false",
+        "actor_rollout_ref.actor.entropy_coeff=0",
+        f"actor_rollout_ref.actor.data_loader_seed={seed}",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=16",
+        f"actor_rollout_ref.rollout.name={CPU_ROLLOUT}",
+        "actor_rollout_ref.rollout.n=4",
+        "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+        "actor_rollout_ref.rollout.agent.num_workers=1",
+        "actor_rollout_ref.rollout.calculate_log_probs=true",
+        f"actor_rollout_ref.rollout.seed={seed}",
+        "reward.num_workers=1",
+        "reward.custom_reward_function.path=pkg://verl_spro.smoke",
+        "reward.custom_reward_function.name=compute_score",
+        f"trainer.total_training_steps={args.steps}",
+        "trainer.total_epochs=1000",
+        f"trainer.save_freq={args.steps}",
+        f"trainer.resume_mode={'auto' if args.resume else 'disable'}",
+        f"trainer.default_local_dir={out / 'checkpoints'}",
+        "trainer.logger=[console,file]",
+        "trainer.val_before_train=false",
+        "trainer.test_freq=-1",
+        "trainer.n_gpus_per_node=1",
+        "trainer.nnodes=1",
+        "trainer.project_name=verl_spro_smoke",
+        f"trainer.experiment_name={args.trainer}_{args.estimator}",
+        "ray_kwargs.ray_init.num_cpus=16",
+        "+ray_kwargs.ray_init.num_gpus=1",
+    ]
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def merge_overrides(defaults: list[str], user: list[str]) -> list[str]:
+    """``defaults`` without the keys ``user`` sets, then ``user`` (Hydra refuses a key given twice)."""
+    user_keys = {_override_key(o) for o in user}
+    return [o for o in defaults if _override_key(o) not in user_keys] + list(user)
+
+
+# -------------------------------------------------------------------------------------------- the subprocess
+
+
+def _ray_tmpdir(out: Path) -> tuple[Path, bool]:
+    """Ray's temp folder for this run and whether it is a separate one to delete afterwards.
+
+    Ray's socket paths (about 65 characters below its temp folder) must fit the 107-byte Unix socket limit.
+    """
+    private = out / "ray"
+    if len(str(private)) <= 40:
+        return private, False
+    return Path(tempfile.mkdtemp(prefix="verl-spro-ray-")), True
+
+
+def trainer_env(out: Path, ray_tmp: Path) -> dict[str, str]:
+    """The environment of main_ppo: the CPU backend on, one thread per process, offline, logs in OUT."""
+    env = dict(os.environ)
+    modules = [m for m in env.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
+    if CPU_BACKEND not in modules:
+        modules.append(CPU_BACKEND)
+    env.update(
+        VERL_USE_EXTERNAL_MODULES=",".join(modules),
+        VERL_FILE_LOGGER_PATH=str(out / "metrics.jsonl"),
+        RAY_TMPDIR=str(ray_tmp),
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        PYTHONHASHSEED="0",
+        RAY_DEDUP_LOGS="0",
+        RAY_USAGE_STATS_ENABLED="0",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def _own_pids(marker: str) -> list[int]:
+    """Processes (other than this one) whose command line or environment names ``marker`` (this run's Ray folder)."""
+    pids = []
+    needle = marker.encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        for part in ("cmdline", "environ"):
+            try:
+                with open(f"/proc/{entry}/{part}", "rb") as handle:
+                    if needle in handle.read():
+                        pids.append(int(entry))
+                        break
+            except OSError:
+                continue
+    return pids
+
+
+def stop_run(proc: subprocess.Popen[bytes], marker: str, grace_s: float = 10.0) -> None:
+    """Stop main_ppo's process group and every process of this run's Ray session (no machine-wide ``ray stop``)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        targets = _own_pids(marker)
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        for pid in targets:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + grace_s
+        while time.time() < deadline and (proc.poll() is None or _own_pids(marker)):
+            time.sleep(0.2)
+        if proc.poll() is not None and not _own_pids(marker):
+            return
+
+
+def _read_new_steps(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """Complete JSONL records of ``path`` from byte ``offset``; returns them and the new offset."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            chunk = handle.read()
+    except OSError:
+        return [], offset
+    end = chunk.rfind(b"\n") + 1
+    records = [json.loads(line) for line in chunk[:end].splitlines() if line.strip()]
+    return records, offset + end
+
+
+def progress_line(record: dict[str, Any], steps: int) -> str:
+    """``step 2/2  reward 0.211  spro/msa_abs_mean 0.0031  41.2 s`` from one metrics.jsonl record."""
+    data = record.get("data", {})
+
+    def fmt(key: str, spec: str) -> str:
+        value = data.get(key)
+        return format(value, spec) if isinstance(value, (int, float)) else "-"
+
+    return (
+        f"step {record.get('step')}/{steps}  reward {fmt('critic/score/mean', '.3f')}  "
+        f"spro/msa_abs_mean {fmt('spro/msa_abs_mean', '.4g')}  {fmt('timing_s/step', '.1f')} s"
+    )
+
+
+def run_trainer(command: list[str], out: Path, steps: int, timeout_s: int) -> int:
+    """Run ``command`` (main_ppo) with its output in OUT/main_ppo.log, a progress line per step, and clean-up."""
+    ray_tmp, remove_ray_tmp = _ray_tmpdir(out)
+    ray_tmp.mkdir(parents=True, exist_ok=True)
+    metrics = out / "metrics.jsonl"
+    metrics.unlink(missing_ok=True)
+    log_path = out / "main_ppo.log"
+    print(f"{PROG}: main_ppo on the CPU, {steps} step(s); verl's log: {log_path}", flush=True)
+    start = last_progress = time.time()
+    offset, done, rc = 0, 0, None
+    with open(log_path, "wb") as log:
+        log.write((" ".join(command) + "\n").encode())
+        log.flush()
+        proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=trainer_env(out, ray_tmp), start_new_session=True
+        )
+        previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)  # a killed smoke cleans up like Ctrl-C
+        try:
+            while rc is None:
+                time.sleep(1.0)
+                rc = proc.poll()
+                records, offset = _read_new_steps(metrics, offset)
+                for record in records:
+                    print(progress_line(record, steps), flush=True)
+                    done, last_progress = done + 1, time.time()
+                if rc is None and time.time() - last_progress > timeout_s:
+                    what = "Ray or a worker did not come up" if done == 0 else f"step {done + 1} did not finish"
+                    print(f"{PROG}: error: {what} within {timeout_s} s (--timeout); see {log_path}", file=sys.stderr)
+                    rc = 1
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted; stopping main_ppo and its Ray processes", file=sys.stderr)
+            rc = 130
+        finally:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+            stop_run(proc, str(ray_tmp))
+            if remove_ray_tmp:
+                shutil.rmtree(ray_tmp, ignore_errors=True)
+    if rc == 0:
+        print(f"{PROG}: done in {time.time() - start:.0f} s; metrics: {metrics}", flush=True)
+    elif rc not in (1, 130):
+        print(f"{PROG}: error: main_ppo exited with code {rc}; last lines of {log_path}:", file=sys.stderr)
+        print(_tail(log_path), file=sys.stderr)
+    return rc
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    text = path.read_text(errors="replace").splitlines()
+    return "\n".join(text[-lines:])
