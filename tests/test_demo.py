@@ -6,11 +6,14 @@ import csv
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from verl_spro.cli import main
+from verl_spro.demo import Hyper, atomic_write, figure, summary_table
 
 REQUIRED_COLUMNS = {"estimator", "seed", "step", "accuracy", "entropy", "response_length"}
 
@@ -56,15 +59,17 @@ def test_quick_writes_csv_and_png(quick_run: Path) -> None:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_same_seed_same_metrics(tmp_path: Path) -> None:
+def test_same_seed_same_metrics_and_same_out_twice(tmp_path: Path) -> None:
     def tiny_run(out: Path) -> list[dict[str, str]]:
         args = ["demo", "--seeds", "1", "--steps", "3", "--first-seed", "7", "--no-plots", "--out", str(out)]
         assert main(args) == 0
         return _read_csv(out / "metrics.csv")
 
-    first, second = tiny_run(tmp_path / "a"), tiny_run(tmp_path / "b")
+    # The same folder twice: the second run replaces the first's CSV whole and leaves no temporary file.
+    first, second = tiny_run(tmp_path), tiny_run(tmp_path)
     assert len(first) == 2 * 4  # two estimators, steps 0..3
     assert first == second
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -81,22 +86,31 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
         (["--steps", "ten"], "--steps"),
         (["--beta", "nan"], "--beta: algorithm.spro.beta must be finite"),
         (["--beta", "-0.1"], "--beta: algorithm.spro.beta must be finite and >= 0"),
+        (["--threads", "100000"], "--threads must be <="),
+        (["--threads", "0"], "--threads must be >= 1"),
+        (["--first-seed", str(2**70)], "--first-seed: seeds"),
+        (["--first-seed", "-1"], "--first-seed: seeds"),
+        (["--first-seed", str(2**32 - 1), "--seeds", "2"], "--first-seed: seeds"),
     ],
 )
-def test_bad_numbers_are_refused(args: list[str], named: str) -> None:
-    result = _cli(*args)
-    assert result.returncode != 0
-    assert named in result.stderr
+def test_bad_numbers_are_refused_before_any_work(tmp_path: Path, args: list[str], named: str) -> None:
+    out = tmp_path / "out"
+    result = _cli(*args, "--out", str(out))
+    assert result.returncode == 2
+    assert named in result.stderr.strip().splitlines()[-1]  # one error line (after argparse's usage, if any)
     assert "Traceback" not in result.stderr
+    assert not out.exists()
 
 
 def test_unwritable_out_is_refused(tmp_path: Path) -> None:
     a_file = tmp_path / "not_a_dir"
     a_file.write_text("x")
-    result = _cli("--out", str(a_file / "sub"))
-    assert result.returncode != 0
-    assert "--out" in result.stderr
-    assert "Traceback" not in result.stderr
+    for out in (a_file, a_file / "sub", Path("/proc/verl_spro_demo_out")):
+        result = _cli("--out", str(out))
+        assert result.returncode == 2
+        assert f"--out {out}" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert a_file.read_text() == "x"
 
     if os.geteuid() != 0:  # root can write anywhere
         locked = tmp_path / "locked"
@@ -105,3 +119,95 @@ def test_unwritable_out_is_refused(tmp_path: Path) -> None:
         assert result.returncode != 0
         assert "--out" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_atomic_write_keeps_the_previous_file_when_the_write_fails(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.csv"
+    path.write_text("previous,complete\n")
+
+    def dies_half_way(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, dies_half_way)
+    assert path.read_text() == "previous,complete\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]
+
+
+def _synthetic_rows(seeds: list[int], spro_gain: Callable[[int], float]) -> list[dict[str, Any]]:
+    """Constant accuracy per run: grpo 0.2 + 0.1 * index of the seed, spro the same plus ``spro_gain(seed)``."""
+    rows = []
+    for i, seed in enumerate(seeds):
+        for estimator in ("spro", "grpo"):
+            acc = 0.2 + 0.1 * i + (spro_gain(seed) if estimator == "spro" else 0.0)
+            for step in range(21):
+                rows.append(
+                    {
+                        "estimator": estimator,
+                        "seed": seed,
+                        "step": step,
+                        "accuracy": acc,
+                        "eval_accuracy": acc + 0.05 if step % 10 == 0 else float("nan"),
+                        "entropy": 0.5,
+                        "response_length": 4.0,
+                        "spro/msa_abs_mean": 0.01 if estimator == "spro" else float("nan"),
+                        "spro/outcome_abs_mean": 0.3 if estimator == "spro" else float("nan"),
+                    }
+                )
+    return rows
+
+
+@pytest.mark.parametrize("seeds", [[0], [0, 1]])
+def test_one_or_two_seeds_state_no_difference(seeds: list[int]) -> None:
+    table = summary_table(_synthetic_rows(seeds, lambda seed: 0.2), Hyper())
+    if len(seeds) == 1:
+        assert "±" not in table and "+-" not in table
+        assert "one seed, so no spread" in table
+    assert "too few to tell a difference from noise" in table
+    assert "SPRO - GRPO" not in table  # no difference stated as a result
+
+
+@pytest.mark.parametrize(
+    ("gain", "expected"),
+    [
+        (lambda seed: 0.2, "higher"),
+        (lambda seed: -0.2, "lower"),
+        (lambda seed: 0.01 * (-1) ** seed, "within noise"),  # +0.01, -0.01, ...: a difference that is noise
+    ],
+)
+def test_difference_is_stated_with_its_interval(gain: Callable[[int], float], expected: str) -> None:
+    table = summary_table(_synthetic_rows([0, 1, 2, 3, 4], gain), Hyper())
+    line = next(line for line in table.splitlines() if line.strip().startswith("final acc"))
+    assert line.endswith(expected) or f": {expected}" in line, table
+    assert "±" in table  # five seeds: a spread
+
+
+def test_plot_shows_the_tables_spread_the_target_and_both_advantage_terms() -> None:
+    import numpy as np
+    from matplotlib.collections import PolyCollection
+
+    hp = Hyper()
+    fig = figure(_synthetic_rows([0, 1, 2], lambda seed: 0.0), hp)
+    ax_acc, _, _, ax_adv = fig.axes
+    # The band is mean ± std over seeds (std with ddof=0, as in the table): 0.3 ± 0.0816, not the 0.2..0.4 range.
+    bands = [c for c in ax_acc.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 4  # sampled and greedy, for each estimator
+    sampled_y = bands[0].get_paths()[0].vertices[:, 1]
+    std = float(np.std([0.2, 0.3, 0.4]))
+    assert sampled_y.min() == pytest.approx(0.3 - std) and sampled_y.max() == pytest.approx(0.3 + std)
+    greedy_y = bands[1].get_paths()[0].vertices[:, 1]
+    assert greedy_y.max() == pytest.approx(0.35 + std)
+    # The target line behind "steps to 65%" is drawn.
+    assert any(list(line.get_ydata()) == [hp.target_accuracy] * 2 for line in ax_acc.get_lines())
+    labels = " ".join(line.get_label() for line in ax_adv.get_lines())
+    assert "spro/msa_abs_mean" in labels and "spro/outcome_abs_mean" in labels
+
+
+def test_a_diverging_run_is_one_line_not_nans(tmp_path: Path) -> None:
+    """beta 1e300 passes algorithm.spro.beta's rule (finite, >= 0) but overflows float32 in the advantages."""
+    result = _cli("--beta", "1e300", "--steps", "2", "--seeds", "1", "--no-plots", "--out", str(tmp_path))
+    assert result.returncode == 1
+    assert "error: training diverged: spro (beta 1e+300), seed 0" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "metrics.csv").exists()

@@ -17,9 +17,11 @@ from verl_spro import __version__
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("verl_spro.demo", "SPRO vs GRPO on a tiny LM and a verifiable task, on the CPU, with plots"),
+    "sweep": ("verl_spro.sweep", "pre-registered SPRO vs GRPO sweep over answer length and beta, on the CPU"),
     "bench": ("verl_spro.bench", "time and memory of the estimator against verl's grpo (CSV + PNG)"),
     "check": ("verl_spro.preflight", "preflight check of a training config before it costs an allocation"),
     "prepare-data": ("verl_spro.data_prep", "turn JSONL/parquet math and code problems into verl's parquet schema"),
+    "smoke": ("verl_spro.smoke", "verl's real main_ppo end to end on this CPU: a tiny model, N steps, checkpoints"),
 }
 
 

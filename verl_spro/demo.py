@@ -6,26 +6,34 @@ real ``compute_advantage`` (``adv_estimator=spro`` through this package's plugin
 PPO-clip policy loss with ``loss_agg_mode=seq-mean-token-mean`` and no KL loss. The warmed-up model is the frozen
 reference policy that SPRO's intrinsic reward compares against.
 
-Writes ``OUT/metrics.csv`` (one row per estimator, seed and step) and PNG plots of accuracy, entropy and
-response length against step (mean over seeds with a min-max band), and prints a summary table.
+Writes ``OUT/metrics.csv`` (one row per estimator, seed and step) and a PNG of accuracy (sampled and greedy),
+entropy, response length and SPRO's two advantage terms against step (mean over seeds with a ± std band), and
+prints a summary table with the SPRO - GRPO differences and their bootstrap intervals over seeds.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from verl_spro.argtypes import positive_int
+from verl_spro.tiny_lm import SORT, Task
 
 if TYPE_CHECKING:
     import torch
 
 ESTIMATORS = ("spro", "grpo")
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite advantage, loss or gradient: the run cannot go on (reported as one line, never as NaNs)."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +49,8 @@ class Hyper:
     clip_ratio: float = 0.2
     temperature: float = 1.0
     beta: float = 0.05  # SPRO's intrinsic reward scale (algorithm.spro.beta)
-    sft_steps: int = 40  # enough for ~40% sampled accuracy, far from all
+    sft_steps: int = 40  # enough for ~40% sampled accuracy, far from all (the cap when the warm-up has a stop_at)
+    sft_check_every: int = 20  # with a stop_at: steps between two accuracy checks
     sft_batch: int = 64
     sft_lr: float = 3e-3
     eval_every: int = 10
@@ -55,6 +64,30 @@ QUICK = Hyper(steps=80)  # and one seed
 # --------------------------------------------------------------------------------------------------------- CLI
 
 
+SEED_MAX = 2**32 - 1  # numpy's and most tools' range; torch takes up to 2**64 - 1 and the loops add < 2**17
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def positive_threads(name: str) -> Callable[[str], int]:
+    """An argparse type for a thread or process count: 1 .. the CPUs this process may use."""
+    as_int = positive_int(name)
+
+    def parse(text: str) -> int:
+        value = as_int(text)
+        if value > usable_cpus():
+            raise argparse.ArgumentTypeError(f"{name} must be <= {usable_cpus()} (the CPUs available), got {value}")
+        return value
+
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register ``--quick``, ``--seeds``, ``--steps``, ``--out`` (and a few knobs) on ``parser``."""
     parser.add_argument("--quick", action="store_true", help="short run: 1 seed, 80 steps (about 1 min on 2 cores)")
@@ -63,26 +96,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("spro_demo"), help="output folder (default ./spro_demo)")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed+seeds-1")
     parser.add_argument("--beta", type=float, default=None, help="SPRO intrinsic reward scale (default 0.05)")
-    parser.add_argument("--threads", type=positive_int("--threads"), default=1, help="torch CPU threads (1)")
+    parser.add_argument("--threads", type=positive_threads("--threads"), default=1, help="torch CPU threads (1)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
 
-def _check_out_dir(out: Path) -> str | None:
-    """None if ``out`` can be created and written to, else the reason."""
-    if out.exists() and not out.is_dir():
-        return f"--out {out}: exists and is not a directory"
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        return f"--out {out}: {probe} is not a directory"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"--out {out}: {probe} is not writable"
+def check_first_seed(first_seed: int, n_seeds: int) -> str | None:
+    """None if the seeds ``first_seed .. first_seed + n_seeds - 1`` all lie in 0 .. SEED_MAX, else the reason."""
+    if first_seed < 0 or first_seed + n_seeds - 1 > SEED_MAX:
+        return f"--first-seed: seeds {first_seed}..{first_seed + n_seeds - 1} must lie in 0..{SEED_MAX}"
     return None
 
 
+def check_out_dir(out: Path) -> str | None:
+    """Create ``out`` and check that a file can be written in it. None if so, else the reason (one line)."""
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        return f"--out {out}: exists and is not a directory"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        return f"--out {out}: cannot create it or write in it: {exc.strerror or exc}"
+    return None
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``: a killed run leaves the
+    previous file whole."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``verl-spro demo``. Returns the exit code (2 on bad arguments)."""
+    """Entry point of ``verl-spro demo``. Returns the exit code (2 on bad arguments, 130 when interrupted)."""
     hp = QUICK if args.quick else Hyper()
     if args.steps is not None:
         hp = replace(hp, steps=args.steps)
@@ -96,23 +154,25 @@ def run(args: argparse.Namespace) -> int:
             return 2
         hp = replace(hp, beta=args.beta)
     n_seeds = args.seeds if args.seeds is not None else (1 if args.quick else 5)
-    problem = _check_out_dir(args.out)
+    problem = check_first_seed(args.first_seed, n_seeds) or check_out_dir(args.out)
     if problem is not None:
         print(f"verl-spro demo: error: {problem}", file=sys.stderr)
-        return 2
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"verl-spro demo: error: --out {args.out}: {exc.strerror}", file=sys.stderr)
         return 2
 
     seeds = list(range(args.first_seed, args.first_seed + n_seeds))
     t0 = time.time()
-    rows = run_demo(hp, seeds, threads=args.threads)
+    try:
+        rows = run_demo(hp, seeds, threads=args.threads)
+    except KeyboardInterrupt:
+        print("verl-spro demo: interrupted; nothing written", file=sys.stderr)
+        return 130
+    except TrainingDiverged as exc:
+        print(f"verl-spro demo: error: training diverged: {exc}; nothing written (a smaller --beta?)", file=sys.stderr)
+        return 1
     write_csv(rows, args.out / "metrics.csv")
     print(summary_table(rows, hp))
     if not args.no_plots:
-        for path in plot(rows, args.out):
+        for path in plot(rows, args.out, hp):
             print(f"wrote {path}")
     print(f"wrote {args.out / 'metrics.csv'}  ({time.time() - t0:.0f} s)")
     return 0
@@ -144,63 +204,89 @@ def policy_forward(
 
 
 def generate(
-    policy: torch.nn.Module, prompts: torch.Tensor, generator: torch.Generator, temperature: float | None
+    policy: torch.nn.Module,
+    prompts: torch.Tensor,
+    generator: torch.Generator | None,
+    temperature: float | None,
+    max_len: int,
 ) -> torch.Tensor:
-    """Sample (or, with ``temperature=None``, greedily decode) one response per prompt.
+    """Sample (or, with ``temperature=None``, greedily decode) one response per prompt, with a KV cache.
 
     Args:
         prompts: [B, P] token ids.
+        max_len: T, the number of tokens generated at most.
 
     Returns:
-        responses: [B, MAX_RESPONSE_LEN] token ids, PAD after the first EOS.
+        responses: [B, T] token ids, PAD after the first EOS.
     """
     import torch
 
-    from verl_spro.tiny_lm import EOS, MAX_RESPONSE_LEN, PAD
+    from verl_spro.tiny_lm import EOS, PAD
 
-    tokens = prompts
     done = torch.zeros(len(prompts), dtype=torch.bool)
+    tokens: list[torch.Tensor] = []
     with torch.no_grad():
-        for _ in range(MAX_RESPONSE_LEN):
-            logits = policy(input_ids=tokens).logits[:, -1].float()
+        out = policy(input_ids=prompts, use_cache=True)
+        for _ in range(max_len):
+            logits = out.logits[:, -1].float()
             if temperature is None:
                 nxt = logits.argmax(dim=-1)
             else:
                 nxt = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator)[:, 0]
             nxt = torch.where(done, torch.full_like(nxt, PAD), nxt)
             done |= nxt == EOS
-            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+            tokens.append(nxt)
             if bool(done.all()):
                 break
-    responses = tokens[:, prompts.shape[1] :]
-    return torch.nn.functional.pad(responses, (0, MAX_RESPONSE_LEN - responses.shape[1]), value=PAD)
+            out = policy(input_ids=nxt[:, None], past_key_values=out.past_key_values, use_cache=True)
+    responses = torch.stack(tokens, dim=1)
+    return torch.nn.functional.pad(responses, (0, max_len - responses.shape[1]), value=PAD)
 
 
-def sft_warmup(policy: torch.nn.Module, hp: Hyper, seed: int) -> None:
-    """Supervised warm-up (cross-entropy on answer tokens), short on purpose: the policy ends up partly right."""
+def sft_warmup(
+    policy: torch.nn.Module, hp: Hyper, seed: int, task: Task = SORT, stop_at: float | None = None
+) -> tuple[int, float]:
+    """Supervised warm-up (cross-entropy on answer tokens), short on purpose: the policy ends up partly right.
+
+    Runs ``hp.sft_steps`` steps, or with ``stop_at``, stops at the first multiple of ``hp.sft_check_every`` steps
+    where the sampled accuracy (temperature ``hp.temperature``) on ``hp.eval_size`` held-out problems reaches
+    ``stop_at``, with ``hp.sft_steps`` as the cap. Returns (steps done, that sampled accuracy; NaN if never measured).
+    """
     import torch
 
-    from verl_spro.tiny_lm import sample_problems, sft_targets
-
     gen = torch.Generator().manual_seed(10_000 + seed)
+    check_gen = torch.Generator().manual_seed(50_000 + seed)  # its own stream: checking leaves the SFT data alone
+    check_prompts, check_answers = task.sample_problems(hp.eval_size, check_gen)
     optim = torch.optim.AdamW(policy.parameters(), lr=hp.sft_lr, weight_decay=0.0)
-    policy.train()
-    for _ in range(hp.sft_steps):
-        prompts, answers = sample_problems(hp.sft_batch, gen)
-        responses, mask = sft_targets(answers)
+    accuracy = float("nan")
+    for step in range(1, hp.sft_steps + 1):
+        policy.train()
+        prompts, answers = task.sample_problems(hp.sft_batch, gen)
+        responses, mask = task.sft_targets(answers)
         log_probs, _ = policy_forward(policy, prompts, responses)
         loss = -(log_probs * mask).sum() / mask.sum()
         optim.zero_grad()
         loss.backward()
         optim.step()
+        if stop_at is not None and step % hp.sft_check_every == 0:
+            accuracy = evaluate(policy, check_prompts, check_answers, task, check_gen, hp.temperature)
+            if accuracy >= stop_at:
+                return step, accuracy
+    return hp.sft_steps, accuracy
 
 
-def evaluate(policy: torch.nn.Module, prompts: torch.Tensor, answers: list[str]) -> float:
-    """Greedy-decoding accuracy on a fixed held-out set ([N, P] prompts, N answer strings)."""
-    from verl_spro.tiny_lm import rewards
-
+def evaluate(
+    policy: torch.nn.Module,
+    prompts: torch.Tensor,
+    answers: list[str],
+    task: Task = SORT,
+    generator: torch.Generator | None = None,
+    temperature: float | None = None,
+) -> float:
+    """Accuracy on a fixed held-out set ([N, P] prompts, N answer strings), greedy unless ``temperature`` is given."""
     policy.eval()
-    return float(rewards(generate(policy, prompts, None, temperature=None), answers).mean())
+    responses = generate(policy, prompts, generator, temperature, task.max_response_len)
+    return float(task.rewards(responses, answers).mean())
 
 
 # ------------------------------------------------------------------------------------------------ the RL loop
@@ -212,10 +298,12 @@ def train_rl(
     seed: int,
     init_state: dict[str, torch.Tensor],
     progress: Any = None,
+    task: Task = SORT,
 ) -> list[dict[str, Any]]:
     """RL from the warmed-up weights ``init_state`` with ``estimator`` ("spro" or "grpo"); one metrics row per step.
 
-    The warmed-up weights are also the frozen reference policy (SFT then RL, as in the paper).
+    The warmed-up weights are also the frozen reference policy (SFT then RL, as in the paper). ``hp.beta`` is
+    SPRO's beta. The same ``seed`` gives the same prompts whatever the estimator.
     """
     import copy
 
@@ -227,11 +315,11 @@ def train_rl(
     from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn
     from verl.workers.config import FSDPActorConfig
 
-    from verl_spro.tiny_lm import EOS, build_policy, response_mask, rewards, sample_problems
-    from verl_spro.verl_integration import SPRO_METRICS_KEY
+    from verl_spro.dataproto_adapter import SPRO_METRICS_KEY
+    from verl_spro.tiny_lm import EOS, response_mask
 
     torch.manual_seed(seed)
-    policy = build_policy(seed)
+    policy = task.build_policy(seed)
     policy.load_state_dict(init_state)
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     optim = torch.optim.AdamW(policy.parameters(), lr=hp.lr, weight_decay=0.0)
@@ -262,19 +350,19 @@ def train_rl(
     # Same prompts for both estimators (same seed); sampling has its own stream.
     prompt_gen = torch.Generator().manual_seed(20_000 + seed)
     sample_gen = torch.Generator().manual_seed(30_000 + seed)
-    eval_prompts, eval_answers = sample_problems(hp.eval_size, torch.Generator().manual_seed(40_000 + seed))
-    eval_accuracy = evaluate(policy, eval_prompts, eval_answers)
+    eval_prompts, eval_answers = task.sample_problems(hp.eval_size, torch.Generator().manual_seed(40_000 + seed))
+    eval_accuracy = evaluate(policy, eval_prompts, eval_answers, task)
 
     rows: list[dict[str, Any]] = []
     for step in range(hp.steps + 1):
         # 1. Rollout: G samples per prompt from the current policy.
-        prompts, answers = sample_problems(hp.prompts_per_step, prompt_gen)
+        prompts, answers = task.sample_problems(hp.prompts_per_step, prompt_gen)
         prompts = prompts.repeat_interleave(hp.group_size, dim=0)  # [B*G, P]
         answers = [a for a in answers for _ in range(hp.group_size)]
         policy.eval()
-        responses = generate(policy, prompts, sample_gen, temperature=hp.temperature)  # [B*G, T]
+        responses = generate(policy, prompts, sample_gen, hp.temperature, task.max_response_len)  # [B*G, T]
         mask = response_mask(responses)  # [B*G, T]
-        score = rewards(responses, answers)  # [B*G]
+        score = task.rewards(responses, answers)  # [B*G]
         with torch.no_grad():
             old_log_probs, entropy = policy_forward(policy, prompts, responses)
             ref_log_prob, _ = policy_forward(reference, prompts, responses)
@@ -298,6 +386,8 @@ def train_rl(
             data, adv_estimator=estimator, norm_adv_by_std_in_grpo=True, config=algo_cfg
         )
         advantages = data.batch["advantages"]
+        if not bool(torch.isfinite(advantages).all()):
+            raise TrainingDiverged(f"{estimator} (beta {hp.beta:g}), seed {seed}, step {step}: non-finite advantages")
 
         row: dict[str, Any] = {
             "estimator": estimator,
@@ -333,53 +423,78 @@ def train_rl(
             )
             optim.zero_grad()
             pg_loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            if not (bool(torch.isfinite(pg_loss)) and bool(torch.isfinite(grad_norm))):
+                raise TrainingDiverged(
+                    f"{estimator} (beta {hp.beta:g}), seed {seed}, step {step}: non-finite policy loss or gradient"
+                )
             optim.step()
         row["pg_clipfrac"] = pg_metrics["actor/pg_clipfrac"]
         rows.append(row)
         if (step + 1) % hp.eval_every == 0:
-            eval_accuracy = evaluate(policy, eval_prompts, eval_answers)
+            eval_accuracy = evaluate(policy, eval_prompts, eval_answers, task)
         if progress is not None:
             progress.update(1)
             progress.set_postfix(est=estimator, seed=seed, acc=f"{row['accuracy']:.2f}")
     return rows
 
 
-def run_demo(hp: Hyper, seeds: list[int], threads: int = 1, show_progress: bool = True) -> list[dict[str, Any]]:
-    """For each seed: one warm-up, then RL with every estimator from the same warmed-up weights."""
+@contextlib.contextmanager
+def torch_settings(threads: int) -> Iterator[None]:
+    """``threads`` torch CPU threads and deterministic algorithms, restored on the way out (runs may sit in tests)."""
     import torch
     import verl  # noqa: F401  (loads the verl.plugins entry points, ours included)
-    from tqdm.auto import tqdm
 
-    from verl_spro.tiny_lm import build_policy
-
-    # Global torch settings, restored on the way out (the demo may run inside a test session).
     saved = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
-    rows: list[dict[str, Any]] = []
     try:
-        with tqdm(total=len(seeds) * len(ESTIMATORS) * hp.steps, desc="RL steps", disable=not show_progress) as bar:
-            for seed in seeds:
-                policy = build_policy(seed)
-                sft_warmup(policy, hp, seed)
-                init_state = {k: v.detach().clone() for k, v in policy.state_dict().items()}
-                for estimator in ESTIMATORS:
-                    rows.extend(train_rl(estimator, hp, seed, init_state, progress=bar))
+        yield
     finally:
         torch.set_num_threads(saved[0])
         torch.use_deterministic_algorithms(saved[1])
+
+
+def warm_up(
+    task: Task, hp: Hyper, seed: int, stop_at: float | None = None
+) -> tuple[dict[str, torch.Tensor], int, float]:
+    """A fresh policy for ``seed`` after :func:`sft_warmup`: (its weights, SFT steps done, checked accuracy)."""
+    policy = task.build_policy(seed)
+    steps, accuracy = sft_warmup(policy, hp, seed, task, stop_at)
+    return {k: v.detach().clone() for k, v in policy.state_dict().items()}, steps, accuracy
+
+
+def run_demo(hp: Hyper, seeds: list[int], threads: int = 1, show_progress: bool = True) -> list[dict[str, Any]]:
+    """For each seed: one warm-up, then RL with every estimator from the same warmed-up weights."""
+    from tqdm.auto import tqdm
+
+    rows: list[dict[str, Any]] = []
+    with torch_settings(threads):
+        with tqdm(total=len(seeds) * len(ESTIMATORS) * hp.steps, desc="RL steps", disable=not show_progress) as bar:
+            for seed in seeds:
+                init_state, _, _ = warm_up(SORT, hp, seed)
+                for estimator in ESTIMATORS:
+                    rows.extend(train_rl(estimator, hp, seed, init_state, progress=bar))
     return rows
 
 
 # ---------------------------------------------------------------------------------------------------- reports
 
+ROLLING = 10  # steps: "final acc" and "steps to target" both read the 10-step rolling sampled accuracy
+MIN_SEEDS_FOR_INTERVAL = 3  # with 1 or 2 seeds a bootstrap over seeds has 1 or 3 possible means: no interval
+
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    """One row per (estimator, seed, step); the union of all keys as columns."""
+    """One row per dict; the union of all keys as columns. Written atomically (:func:`atomic_write`)."""
     import pandas as pd
 
-    pd.DataFrame(rows).to_csv(path, index=False)
+    frame = pd.DataFrame(rows)
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Save a matplotlib figure as PNG, atomically."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
 
 def _per_run(rows: list[dict[str, Any]], hp: Hyper):
@@ -390,7 +505,7 @@ def _per_run(rows: list[dict[str, Any]], hp: Hyper):
     out = []
     for (estimator, seed), run_df in df.groupby(["estimator", "seed"], sort=False):
         run_df = run_df.sort_values("step")
-        smooth = run_df["accuracy"].rolling(10, min_periods=1).mean()
+        smooth = run_df["accuracy"].rolling(ROLLING, min_periods=1).mean()
         hit = run_df["step"][smooth >= hp.target_accuracy]
         evals = run_df["eval_accuracy"].dropna()
         out.append(
@@ -398,7 +513,7 @@ def _per_run(rows: list[dict[str, Any]], hp: Hyper):
                 "estimator": estimator,
                 "seed": seed,
                 "start_accuracy": float(run_df["accuracy"].iloc[:5].mean()),
-                "final_accuracy": float(run_df["accuracy"].iloc[-10:].mean()),
+                "final_accuracy": float(run_df["accuracy"].iloc[-ROLLING:].mean()),
                 "final_eval_accuracy": float(evals.iloc[-1]) if len(evals) else np.nan,
                 "steps_to_target": float(hit.iloc[0]) if len(hit) else np.nan,
                 "entropy": float(run_df["entropy"].mean()),
@@ -408,9 +523,46 @@ def _per_run(rows: list[dict[str, Any]], hp: Hyper):
     return pd.DataFrame(out)
 
 
+def bootstrap_mean_ci(values: Any, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of ``values`` ([n] floats, resampled with replacement).
+
+    NaN bounds for fewer than :data:`MIN_SEEDS_FOR_INTERVAL` values: too few to resample.
+    """
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    if len(values) < MIN_SEEDS_FOR_INTERVAL:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def paired_difference(a: Any, b: Any) -> tuple[float, float, float]:
+    """Mean of ``a - b`` over seeds ([n] each, paired by position) and its 95% bootstrap interval (low, high)."""
+    import numpy as np
+
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    return (float(diff.mean()), *bootstrap_mean_ci(diff))
+
+
+def verdict(low: float, high: float) -> str:
+    """What a 95% interval of a difference A - B says: ``A higher``, ``A lower``, ``within noise`` or no interval."""
+    if low != low or high != high:  # NaN: too few seeds
+        return f"no interval (fewer than {MIN_SEEDS_FOR_INTERVAL} seeds)"
+    if low > 0:
+        return "higher"
+    if high < 0:
+        return "lower"
+    return "within noise (the interval contains 0)"
+
+
 def summary_table(rows: list[dict[str, Any]], hp: Hyper) -> str:
-    """Per estimator, mean ± std over seeds of the final accuracy, steps to target, mean entropy and length."""
+    """Per estimator, mean ± std over seeds of the final accuracy, steps to target, mean entropy and length, then
+    the SPRO - GRPO differences with their intervals (one seed: no spread; fewer than 3: no difference stated)."""
     per_run = _per_run(rows, hp)
+    n_seeds = per_run["seed"].nunique()
     cols = {
         "start_accuracy": "start acc",
         "final_accuracy": "final acc",
@@ -419,6 +571,12 @@ def summary_table(rows: list[dict[str, Any]], hp: Hyper) -> str:
         "entropy": "mean entropy",
         "response_length": "mean resp len",
     }
+
+    def cell(values: Any, digits: int) -> str:
+        if n_seeds == 1:
+            return f"{values.mean():.{digits}f}"
+        return f"{values.mean():.{digits}f}±{values.std(ddof=0):.{digits}f}"
+
     header = f"{'estimator':<10}" + "".join(f"{name:>20}" for name in cols.values())
     lines = [header, "-" * len(header)]
     for estimator, group in per_run.groupby("estimator", sort=False):
@@ -427,22 +585,56 @@ def summary_table(rows: list[dict[str, Any]], hp: Hyper) -> str:
             values = group[col]
             if col == "steps_to_target":
                 reached = values.dropna()
-                cell = f"{reached.mean():.0f}±{reached.std(ddof=0):.0f}" if len(reached) else "never"
-                cell += f" ({len(reached)}/{len(values)})"
+                text = (cell(reached, 0) if len(reached) else "never") + f" ({len(reached)}/{len(values)})"
             else:
-                cell = f"{values.mean():.3f}±{values.std(ddof=0):.3f}"
-            cells.append(f"{cell:>20}")
+                text = cell(values, 3)
+            cells.append(f"{text:>20}")
         lines.append(f"{estimator:<10}" + "".join(cells))
-    n_seeds = per_run["seed"].nunique()
+    spread = "one seed, so no spread" if n_seeds == 1 else f"mean±std over {n_seeds} seeds"
     lines.append(
-        f"mean±std over {n_seeds} seed(s); final acc = sampled accuracy over the last 10 steps; steps to target: "
-        f"first step where the 10-step rolling sampled accuracy reaches {hp.target_accuracy:.0%} (runs that did)."
+        f"{spread}; final acc = sampled accuracy over the last {ROLLING} steps; steps to target: first step where "
+        f"the {ROLLING}-step rolling sampled accuracy reaches {hp.target_accuracy:.0%} (runs that did)."
     )
+    estimators = set(per_run["estimator"])
+    if {"spro", "grpo"} <= estimators:
+        if n_seeds < MIN_SEEDS_FOR_INTERVAL:
+            lines.append(
+                f"SPRO vs GRPO: {n_seeds} seed(s) are too few to tell a difference from noise, so none is stated "
+                f"(run {MIN_SEEDS_FOR_INTERVAL} or more seeds; the default is 5)."
+            )
+        else:
+            wide = per_run.pivot(index="seed", columns="estimator")
+            parts = []
+            for col in ("final_accuracy", "final_eval_accuracy"):
+                diff, low, high = paired_difference(wide[col]["spro"], wide[col]["grpo"])
+                parts.append(f"{cols[col]} {diff:+.3f} [{low:+.3f}, {high:+.3f}]: {verdict(low, high)}")
+            lines.append(f"SPRO - GRPO, paired by seed, 95% bootstrap interval over {n_seeds} seeds:")
+            lines += [f"  {p}" for p in parts]
     return "\n".join(lines)
 
 
-def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
-    """accuracy / entropy / response length against step, both estimators, mean over seeds with a min-max band."""
+def _band(ax: Any, wide: Any, color: str | None, label: str, **style: Any) -> None:
+    """Mean over seeds ([steps, seeds] frame) as a line, ± std over seeds (as in the table) as a band."""
+    mean, std = wide.mean(axis=1), wide.std(axis=1, ddof=0)
+    ax.plot(wide.index, mean, color=color, label=label, **style)
+    ax.fill_between(wide.index, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+
+
+def plot(rows: list[dict[str, Any]], out: Path, hp: Hyper) -> list[Path]:
+    """Write :func:`figure` to ``OUT/spro_vs_grpo.png``."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(rows, hp)
+    path = out / "spro_vs_grpo.png"
+    save_figure(fig, path)
+    plt.close(fig)
+    return [path]
+
+
+def figure(rows: list[dict[str, Any]], hp: Hyper) -> Any:
+    """Four panels against RL step, both estimators, mean ± std over seeds (the table's spread):
+    sampled accuracy (10-step rolling, the quantity behind "steps to target", whose line is drawn) with the
+    greedy held-out accuracy; entropy; response length; SPRO's |process| and |outcome| advantage terms."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -450,40 +642,39 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     import pandas as pd
 
     df = pd.DataFrame(rows)
-    panels = [
-        ("accuracy", "sampled accuracy (rolling 5)"),
-        ("entropy", "policy entropy (nats/token)"),
-        ("response_length", "response length (tokens)"),
-    ]
     colors = {"spro": "tab:red", "grpo": "tab:blue"}
-    fig, axes = plt.subplots(1, len(panels), figsize=(15, 4.2))
-    for ax, (metric, title) in zip(axes, panels, strict=True):
-        for estimator, group in df.groupby("estimator", sort=False):
-            wide = group.pivot(index="step", columns="seed", values=metric)
-            if metric == "accuracy":
-                wide = wide.rolling(5, min_periods=1).mean()
-            ax.plot(wide.index, wide.mean(axis=1), color=colors.get(estimator), label=estimator.upper())
-            ax.fill_between(wide.index, wide.min(axis=1), wide.max(axis=1), color=colors.get(estimator), alpha=0.2)
-        if metric == "accuracy" and "eval_accuracy" in df:
-            for estimator, group in df.groupby("estimator", sort=False):
-                ev = group.dropna(subset=["eval_accuracy"]).groupby("step")["eval_accuracy"].mean()
-                ax.plot(
-                    ev.index,
-                    ev.values,
-                    ls="--",
-                    marker=".",
-                    color=colors.get(estimator),
-                    alpha=0.7,
-                    label=f"{estimator.upper()} greedy eval",
-                )
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
+    ax_acc, ax_ent, ax_len, ax_adv = axes.flat
+    for estimator, group in df.groupby("estimator", sort=False):
+        color, name = colors.get(estimator), estimator.upper()
+        wide = group.pivot(index="step", columns="seed", values="accuracy").rolling(ROLLING, min_periods=1).mean()
+        _band(ax_acc, wide, color, f"{name} sampled ({ROLLING}-step rolling)")
+        evals = group.dropna(subset=["eval_accuracy"]).pivot(index="step", columns="seed", values="eval_accuracy")
+        _band(ax_acc, evals, color, f"{name} greedy, held-out", ls="--", marker=".")
+        _band(ax_ent, group.pivot(index="step", columns="seed", values="entropy"), color, name)
+        _band(ax_len, group.pivot(index="step", columns="seed", values="response_length"), color, name)
+    ax_acc.axhline(hp.target_accuracy, color="gray", ls=":", label=f"target of 'steps to {hp.target_accuracy:.0%}'")
+    spro = df[df["estimator"] == "spro"]
+    for key, label, color in (
+        ("spro/outcome_abs_mean", "|outcome advantage| (spro/outcome_abs_mean)", "tab:purple"),
+        ("spro/msa_abs_mean", "|process advantage| (spro/msa_abs_mean)", "tab:orange"),
+    ):
+        if key in spro and spro[key].notna().any():
+            _band(ax_adv, spro.pivot(index="step", columns="seed", values=key), color, label)
+    ax_adv.set_yscale("symlog", linthresh=1e-3)
+    titles = (
+        (ax_acc, "accuracy"),
+        (ax_ent, "policy entropy (nats/token)"),
+        (ax_len, "response length (tokens)"),
+        (ax_adv, f"SPRO's two advantage terms, mean |.| per token (beta {hp.beta:g})"),
+    )
+    for ax, title in titles:
         ax.set_title(title)
         ax.set_xlabel("RL step")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     n_seeds = df["seed"].nunique()
-    fig.suptitle(f"SPRO vs GRPO, tiny Qwen2 on sorting digits, mean and min-max band over {n_seeds} seed(s)")
+    spread = "one seed (no spread)" if n_seeds == 1 else f"mean and ± std band over {n_seeds} seeds"
+    fig.suptitle(f"SPRO vs GRPO, tiny Qwen2 on sorting digits, {spread}")
     fig.tight_layout()
-    path = out / "spro_vs_grpo.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return fig

@@ -1,17 +1,25 @@
-"""A tiny Qwen2 policy, a character tokenizer and a verifiable sorting task, all built offline in code.
+"""A tiny Qwen2 policy, character tokenizers and verifiable tasks, all built offline in code.
 
-Used by ``verl-spro demo``. Nothing here touches a model hub: the tokenizer is a fixed character table and
-the model is a randomly initialised ``Qwen2ForCausalLM`` from a ``Qwen2Config`` written below.
+Used by ``verl-spro demo`` and ``verl-spro sweep``. Nothing here touches a model hub: each task has a fixed
+character table and the model is a randomly initialised ``Qwen2ForCausalLM`` from a ``Qwen2Config`` written below.
 
-The task: sort a list of 2 to 4 digits. The prompt is the digits left-padded with ``.`` to a fixed width, then
-``=`` (``"3142="``, ``"..31="``; a fixed prompt length spares attention masks); a response is the sorted digits then
-EOS (``"1234"``). The reward is 1 for exactly the sorted digits followed by EOS, else 0. Correct answers have 2 to 4
-digits and wrong ones (a digit dropped, repeated, or no EOS) other lengths, so the responses of one group end at
-different positions: that is where SPRO's masked step advantage differs from GRPO's per-sequence advantage.
+Every task has a fixed prompt length (left-padded with ``.``, so no attention mask is needed), a response of answer
+tokens then EOS, and a 0/1 reward: 1 for exactly the answer followed by EOS, else 0. Correct answers of one task
+have different lengths and wrong ones (a token dropped, repeated, or no EOS) other lengths again, so the responses
+of one group end at different positions: that is where SPRO's masked step advantage differs from GRPO's
+per-sequence advantage.
+
+- ``sort`` (the demo's task): sort 2 to 4 digits, ``"3142=" -> "1234"``, answers of 3 to 5 tokens with EOS.
+- ``sort_long``: sort 6 to 10 digits, answers of 7 to 11 tokens.
+- ``add_carries``: add two numbers of 7 to 12 digits, given column by column from the units and answered column by
+  column, each column's sum digit then its carry (57 + 68: ``"7856...=" -> "5121"``: 7+8 = 15 -> 5 carry 1,
+  5+6+1 = 12 -> 2 carry 1), answers of 15 to 25 tokens.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -19,85 +27,109 @@ if TYPE_CHECKING:
     from transformers import Qwen2ForCausalLM
 
 PAD, EOS = 0, 1
-CHARS = "0123456789.="
-VOCAB = ["<pad>", "<eos>", *CHARS]
-CHAR_TO_ID = {c: i + 2 for i, c in enumerate(CHARS)}
-MIN_DIGITS, MAX_DIGITS = 2, 4
-PROMPT_LEN = MAX_DIGITS + 1  # "..3142="
-MAX_RESPONSE_LEN = MAX_DIGITS + 2  # the longest answer plus EOS, and one token of room to ramble
+SPECIAL = ["<pad>", "<eos>"]
+
+# (n, generator) -> n (prompt text, answer text) pairs; the prompt texts all have the task's prompt length.
+ProblemMaker = Callable[[int, "torch.Generator"], list[tuple[str, str]]]
 
 
-def encode(text: str) -> list[int]:
-    """Character ids of ``text`` (no EOS added)."""
-    return [CHAR_TO_ID[c] for c in text]
+@dataclass(frozen=True)
+class Task:
+    """A verifiable task over a character vocabulary.
 
-
-def decode(ids: list[int]) -> str:
-    """Text up to (not including) the first EOS; PAD and EOS are dropped."""
-    out = []
-    for i in ids:
-        if i == EOS:
-            break
-        if i != PAD:
-            out.append(VOCAB[i])
-    return "".join(out)
-
-
-def build_policy(seed: int) -> Qwen2ForCausalLM:
-    """A randomly initialised Qwen2 causal LM of about 250k parameters, deterministic for ``seed``."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    config = Qwen2Config(
-        vocab_size=len(VOCAB),
-        hidden_size=64,
-        intermediate_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=PROMPT_LEN + MAX_RESPONSE_LEN,
-        tie_word_embeddings=True,
-        pad_token_id=PAD,
-        eos_token_id=EOS,
-        bos_token_id=EOS,
-        attn_implementation="eager",
-    )
-    torch.manual_seed(seed)
-    return Qwen2ForCausalLM(config).float()
-
-
-def sample_problems(n: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
-    """``n`` random sorting problems.
-
-    Returns:
-        prompts: [n, PROMPT_LEN] token ids of ``"..3142="``.
-        answers: the ``n`` target strings (``"1234"``).
+    Attributes:
+        name: short identifier (``sort``, ``sort_long``, ``add_carries``).
+        chars: the characters of the vocabulary; token ids are 2.. (0 is PAD, 1 is EOS).
+        prompt_len: P, the length of every prompt.
+        max_response_len: T, the generation budget: the longest answer plus EOS plus one token of room.
+        answer_tokens: (shortest, longest) correct answer, EOS included.
+        make: draws problems, see :data:`ProblemMaker`.
     """
-    import torch
 
-    lengths = torch.randint(MIN_DIGITS, MAX_DIGITS + 1, (n,), generator=generator).tolist()
-    digits = torch.randint(0, 10, (n, MAX_DIGITS), generator=generator).tolist()
-    texts = ["".join(str(d) for d in row[:k]) for row, k in zip(digits, lengths, strict=True)]
-    prompts = torch.tensor([encode(t.rjust(MAX_DIGITS, ".") + "=") for t in texts], dtype=torch.long)
-    return prompts, ["".join(sorted(t)) for t in texts]
+    name: str
+    chars: str
+    prompt_len: int
+    max_response_len: int
+    answer_tokens: tuple[int, int]
+    make: ProblemMaker
 
+    @property
+    def vocab(self) -> list[str]:
+        return [*SPECIAL, *self.chars]
 
-def sft_targets(answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Supervised responses for ``answers``: the answer then EOS.
+    def encode(self, text: str) -> list[int]:
+        """Character ids of ``text`` (no EOS added)."""
+        return [self.chars.index(c) + len(SPECIAL) for c in text]
 
-    Returns:
-        responses: [n, MAX_RESPONSE_LEN] token ids, PAD after EOS.
-        mask: [n, MAX_RESPONSE_LEN] float, 1 on the answer and EOS.
-    """
-    import torch
+    def decode(self, ids: list[int]) -> str:
+        """Text up to (not including) the first EOS; PAD and EOS are dropped."""
+        out = []
+        for i in ids:
+            if i == EOS:
+                break
+            if i != PAD:
+                out.append(self.vocab[i])
+        return "".join(out)
 
-    responses = torch.full((len(answers), MAX_RESPONSE_LEN), PAD, dtype=torch.long)
-    mask = torch.zeros(len(answers), MAX_RESPONSE_LEN)
-    for i, answer in enumerate(answers):
-        ids = [*encode(answer), EOS]
-        responses[i, : len(ids)] = torch.tensor(ids)
-        mask[i, : len(ids)] = 1.0
-    return responses, mask
+    def build_policy(self, seed: int) -> Qwen2ForCausalLM:
+        """A randomly initialised Qwen2 causal LM of about 250k parameters, deterministic for ``seed``."""
+        import torch
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        config = Qwen2Config(
+            vocab_size=len(self.vocab),
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=self.prompt_len + self.max_response_len,
+            tie_word_embeddings=True,
+            pad_token_id=PAD,
+            eos_token_id=EOS,
+            bos_token_id=EOS,
+            attn_implementation="eager",
+        )
+        torch.manual_seed(seed)
+        return Qwen2ForCausalLM(config).float()
+
+    def sample_problems(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+        """``n`` random problems.
+
+        Returns:
+            prompts: [n, prompt_len] token ids.
+            answers: the ``n`` target strings (no EOS).
+        """
+        import torch
+
+        pairs = self.make(n, generator)
+        prompts = torch.tensor([self.encode(p) for p, _ in pairs], dtype=torch.long)
+        return prompts, [a for _, a in pairs]
+
+    def sft_targets(self, answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Supervised responses for ``answers``: the answer then EOS.
+
+        Returns:
+            responses: [n, max_response_len] token ids, PAD after EOS.
+            mask: [n, max_response_len] float, 1 on the answer and EOS.
+        """
+        import torch
+
+        responses = torch.full((len(answers), self.max_response_len), PAD, dtype=torch.long)
+        mask = torch.zeros(len(answers), self.max_response_len)
+        for i, answer in enumerate(answers):
+            ids = [*self.encode(answer), EOS]
+            responses[i, : len(ids)] = torch.tensor(ids)
+            mask[i, : len(ids)] = 1.0
+        return responses, mask
+
+    def rewards(self, responses: torch.Tensor, answers: list[str]) -> torch.Tensor:
+        """[B] float: 1.0 when the response ([B, T] ids) is exactly the answer followed by EOS, else 0.0."""
+        import torch
+
+        return torch.tensor(
+            [float(EOS in ids and self.decode(ids) == a) for ids, a in zip(responses.tolist(), answers, strict=True)]
+        )
 
 
 def response_mask(responses: torch.Tensor) -> torch.Tensor:
@@ -109,10 +141,74 @@ def response_mask(responses: torch.Tensor) -> torch.Tensor:
     return (eos_before == 0).float()
 
 
-def rewards(responses: torch.Tensor, answers: list[str]) -> torch.Tensor:
-    """[B] float: 1.0 when the response is exactly the answer followed by EOS, else 0.0."""
-    import torch
+def sort_task(name: str, min_digits: int, max_digits: int) -> Task:
+    """Sort ``min_digits`` to ``max_digits`` digits: prompt ``"..3142="``, answer ``"1234"``."""
 
-    return torch.tensor(
-        [float(EOS in ids and decode(ids) == a) for ids, a in zip(responses.tolist(), answers, strict=True)]
+    def make(n: int, generator: torch.Generator) -> list[tuple[str, str]]:
+        import torch
+
+        lengths = torch.randint(min_digits, max_digits + 1, (n,), generator=generator).tolist()
+        digits = torch.randint(0, 10, (n, max_digits), generator=generator).tolist()
+        texts = ["".join(str(d) for d in row[:k]) for row, k in zip(digits, lengths, strict=True)]
+        return [(t.rjust(max_digits, ".") + "=", "".join(sorted(t))) for t in texts]
+
+    return Task(
+        name=name,
+        chars="0123456789.=",
+        prompt_len=max_digits + 1,
+        max_response_len=max_digits + 2,
+        answer_tokens=(min_digits + 1, max_digits + 1),
+        make=make,
     )
+
+
+def addition_with_carries(a: str, b: str) -> str:
+    """``a + b`` written column by column from the units: each column's sum digit then its carry (0 or 1).
+
+    Both numbers have the same number of digits n; the answer has 2n characters.
+    """
+    out, carry = [], 0
+    for x, y in zip(reversed(a), reversed(b), strict=True):
+        total = int(x) + int(y) + carry
+        carry = total // 10
+        out += [str(total % 10), str(carry)]
+    return "".join(out)
+
+
+def addition_task(name: str, min_digits: int, max_digits: int) -> Task:
+    """Add two n-digit numbers (n in ``min_digits..max_digits``) with the carries written out.
+
+    The prompt gives the operands column by column from the units, the way one adds by hand: 4821 + 3967 is
+    ``"17268943" + "." * (2 * max_digits - 8) + "="`` (1 and 7, then 2 and 6, ...). So the two digits of column i
+    are always the same distance before the answer's column i, whatever n. The answer is
+    :func:`addition_with_carries`.
+    """
+
+    def make(n: int, generator: torch.Generator) -> list[tuple[str, str]]:
+        import torch
+
+        lengths = torch.randint(min_digits, max_digits + 1, (n,), generator=generator).tolist()
+        digits = torch.randint(0, 10, (n, 2, max_digits), generator=generator).tolist()
+        pairs = []
+        for (row_a, row_b), k in zip(digits, lengths, strict=True):
+            # no leading zero: the operands really have k digits
+            a = str(max(row_a[0], 1)) + "".join(map(str, row_a[1:k]))
+            b = str(max(row_b[0], 1)) + "".join(map(str, row_b[1:k]))
+            columns = "".join(x + y for x, y in zip(reversed(a), reversed(b), strict=True))
+            pairs.append((columns.ljust(2 * max_digits, ".") + "=", addition_with_carries(a, b)))
+        return pairs
+
+    return Task(
+        name=name,
+        chars="0123456789.=",
+        prompt_len=2 * max_digits + 1,
+        max_response_len=2 * max_digits + 2,
+        answer_tokens=(2 * min_digits + 1, 2 * max_digits + 1),
+        make=make,
+    )
+
+
+SORT = sort_task("sort", 2, 4)  # the demo's task
+TASKS: dict[str, Task] = {
+    task.name: task for task in (SORT, sort_task("sort_long", 6, 10), addition_task("add_carries", 7, 12))
+}
