@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from verl_spro.cli import main
-from verl_spro.demo import Hyper, atomic_write, figure, summary_table
+from verl_spro.demo import Hyper, figure, summary_table
+from verl_spro.output_files import atomic_write
 
 REQUIRED_COLUMNS = {"estimator", "seed", "step", "accuracy", "entropy", "response_length"}
 

@@ -281,6 +281,15 @@ def test_non_finite_log_probs_on_padding_are_ignored() -> None:
     assert torch.isfinite(compute_spro_advantage(**inputs).advantages).all()
 
 
+@pytest.mark.parametrize("msa_norm_by_std", [False, True])
+def test_a_beta_that_overflows_float32_is_an_error_not_inf(msa_norm_by_std: bool) -> None:
+    """beta = 1e300 is finite (it passes SproConfig) but beta * log-ratio is inf in float32."""
+    inputs = make_batch([3, 3], 16, seed=1)
+    with pytest.raises(SproInputError, match=r"overflows float32 at beta=1e\+300.*lower algorithm.spro.beta"):
+        compute_spro_advantage(**inputs, beta=1e300, msa_norm_by_std=msa_norm_by_std)
+    assert torch.isfinite(compute_spro_advantage(**inputs, beta=1e30).advantages).all()
+
+
 def test_non_finite_reward_names_the_row() -> None:
     inputs = make_batch([3, 3], 16, seed=1)
     inputs["token_level_rewards"][3, 0] = float("nan")

@@ -36,7 +36,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from verl_spro.argtypes import finite_float_above, int_in_range
+from verl_spro.output_files import check_out_dir
 
 __all__ = ["CSV_COLUMNS", "METHODS", "add_arguments", "run"]
 
@@ -601,28 +601,9 @@ def _load_average() -> float:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
 
 
-def check_out_dir(out: Path) -> str | None:
-    """Why ``out`` cannot take ``bench.csv`` and ``bench.png`` (it is created if missing), or None."""
-    if out.exists() and not out.is_dir():
-        return f"--out {out} exists and is not a directory"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return f"--out {out}: cannot create the directory: {exc.strerror or exc}"
-    try:
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as exc:
-        return f"--out {out} is not writable: {exc.strerror or exc}"
-    for name in ("bench.csv", "bench.png"):
-        if (out / name).is_dir():
-            return f"--out {out}: {out / name} is a directory"
-    return None
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark; returns 0, 1 when ``--device cuda`` has no GPU, 2 for an unusable ``--out``, 130 on Ctrl-C."""
-    problem = check_out_dir(args.out)
+    problem = check_out_dir(args.out, files=("bench.csv", "bench.png"))
     if problem:
         print(f"verl-spro bench: {problem}", file=sys.stderr)
         return 2
@@ -636,7 +617,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from verl_spro.data_prep import AtomicFile, UsageError
+    from verl_spro.output_files import AtomicFile, OutputPathError
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("verl-spro bench: --device cuda but torch sees no CUDA device", file=sys.stderr)
@@ -667,7 +648,7 @@ def _run(args: argparse.Namespace) -> int:
     csv_path, png_path = args.out / "bench.csv", args.out / "bench.png"
     try:
         csv_file, png_file = AtomicFile(str(csv_path)), AtomicFile(str(png_path))
-    except UsageError as exc:  # --out changed under us since the check
+    except OutputPathError as exc:  # --out changed under us since the check
         print(f"verl-spro bench: {exc}", file=sys.stderr)
         return 2
     try:

@@ -41,15 +41,14 @@ import math
 import os
 import re
 import signal
-import socket
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from verl_spro.argtypes import positive_int
+from verl_spro.output_files import AtomicFile, OutputPathError, one_line
 from verl_spro.rewards import GSM8K_DATA_SOURCE, MATH_DATA_SOURCE
 
 LAYOUTS = ("prime", "math", "gsm8k")
@@ -118,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
             if summary.written:
                 parquet_out.commit()
             rejects_out.commit()
-    except UsageError as exc:
+    except (UsageError, OutputPathError) as exc:
         print(f"prepare-data: {exc}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, _Stopped) as exc:
@@ -127,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         return 143 if isinstance(exc, _Stopped) else 130
     except OSError as exc:  # reading errors are UsageErrors already: this is a write (disk full, quota, EFBIG)
         print(
-            f"prepare-data: writing failed ({_one_line(exc)}); {args.output} and {rejects_path} left as they were",
+            f"prepare-data: writing failed ({one_line(exc)}); {args.output} and {rejects_path} left as they were",
             file=sys.stderr,
         )
         return 2
@@ -178,7 +177,7 @@ def _check_inputs(paths: list[str]) -> None:
                     with open(path, "rb") as handle:
                         handle.read(1)
             except Exception as exc:  # OSError, ArrowInvalid: the reader's reason, on one line
-                problems.append(f"cannot read input {path}: {_one_line(exc)}")
+                problems.append(f"cannot read input {path}: {one_line(exc)}")
     if problems:
         raise UsageError("; ".join(problems))
 
@@ -206,82 +205,6 @@ def _check_outputs(outputs: dict[str, str], inputs: list[str]) -> None:
 def _file_id(path: str) -> tuple[int, int]:
     status = os.stat(path)
     return status.st_dev, status.st_ino
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return " ".join(text.split())
-
-
-class AtomicFile:
-    """A file written under a hidden temporary name beside ``path`` and renamed over it by :meth:`commit`.
-
-    A run that dies before ``commit`` leaves ``path`` as it was. The temporary file is created in the constructor,
-    so an unwritable location fails before any input is read. A symlinked ``path`` keeps its link: the file it
-    points to is replaced. Temporary files left by killed runs on this host (``.NAME.HOST.PID.*.tmp`` whose
-    process is gone) are removed.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.target = os.path.realpath(path)
-        directory, name = os.path.split(self.target)
-        prefix = f".{name}.{_HOST}."
-        try:
-            os.makedirs(directory, exist_ok=True)
-            _remove_stale_temps(directory, prefix)
-            fd, self.temp = tempfile.mkstemp(dir=directory, prefix=f"{prefix}{os.getpid()}.", suffix=".tmp")
-        except (FileExistsError, NotADirectoryError):  # a path component is a file
-            raise UsageError(f"cannot write {path}: a component of {directory} is not a directory") from None
-        except OSError as exc:
-            raise UsageError(f"cannot write {path}: {exc.strerror or _one_line(exc)}") from None
-        try:
-            mode = os.stat(self.target).st_mode & 0o777 if os.path.exists(self.target) else 0o666 & ~_umask()
-            os.fchmod(fd, mode)  # mkstemp makes 0600; keep the previous file's mode, or the usual one
-        finally:
-            os.close(fd)
-        self.committed = False
-
-    def commit(self) -> None:
-        """Rename the temporary file over ``path`` (atomic within a file system)."""
-        os.replace(self.temp, self.target)
-        self.committed = True
-
-    def discard(self) -> None:
-        """Remove the temporary file unless committed (idempotent)."""
-        if not self.committed:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.temp)
-            self.committed = True
-
-
-_HOST = socket.gethostname().split(".")[0] or "host"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _remove_stale_temps(directory: str, prefix: str) -> None:
-    for name in os.listdir(directory):
-        if not (name.startswith(prefix) and name.endswith(".tmp")):
-            continue
-        pid = name[len(prefix) :].split(".", 1)[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(directory, name))
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
@@ -513,7 +436,7 @@ def _parquet_rows(path: str) -> Iterator[tuple[int, int, Any]]:
                 batch = next(batches, None)
             except Exception as exc:  # OSError or ArrowInvalid from a corrupt page: no row of it can be trusted
                 raise UsageError(
-                    f"cannot read input {path} after row {number}: {_one_line(exc)}; nothing written"
+                    f"cannot read input {path} after row {number}: {one_line(exc)}; nothing written"
                 ) from None
             if batch is None:
                 return
@@ -529,7 +452,7 @@ def _jsonl_rows(path: str) -> Iterator[tuple[int, int, Any]]:
             for number, raw in enumerate(handle, start=1):
                 yield number, len(raw), _parse_line(raw[3:] if number == 1 and raw.startswith(_BOM) else raw)
     except OSError as exc:
-        raise UsageError(f"cannot read input {path}: {_one_line(exc)}") from None
+        raise UsageError(f"cannot read input {path}: {one_line(exc)}") from None
 
 
 _BOM = b"\xef\xbb\xbf"

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from verl_spro.argtypes import positive_int
+from verl_spro.output_files import atomic_write, check_out_dir
 from verl_spro.tiny_lm import SORT, Task
 
 if TYPE_CHECKING:
@@ -105,38 +106,6 @@ def check_first_seed(first_seed: int, n_seeds: int) -> str | None:
     if first_seed < 0 or first_seed + n_seeds - 1 > SEED_MAX:
         return f"--first-seed: seeds {first_seed}..{first_seed + n_seeds - 1} must lie in 0..{SEED_MAX}"
     return None
-
-
-def check_out_dir(out: Path) -> str | None:
-    """Create ``out`` and check that a file can be written in it. None if so, else the reason (one line)."""
-    import tempfile
-
-    if out.exists() and not out.is_dir():
-        return f"--out {out}: exists and is not a directory"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as exc:
-        return f"--out {out}: cannot create it or write in it: {exc.strerror or exc}"
-    return None
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``: a killed run leaves the
-    previous file whole."""
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def run(args: argparse.Namespace) -> int:
@@ -316,6 +285,7 @@ def train_rl(
     from verl.workers.config import FSDPActorConfig
 
     from verl_spro.dataproto_adapter import SPRO_METRICS_KEY
+    from verl_spro.estimator import SproInputError
     from verl_spro.tiny_lm import EOS, response_mask
 
     torch.manual_seed(seed)
@@ -382,12 +352,16 @@ def train_rl(
             },
             non_tensors={"uid": np.array([f"{step}-{i // hp.group_size}" for i in range(len(score))], dtype=object)},
         )
-        data = ray_trainer.compute_advantage(
-            data, adv_estimator=estimator, norm_adv_by_std_in_grpo=True, config=algo_cfg
-        )
+        where = f"{estimator} (beta {hp.beta:g}), seed {seed}, step {step}"
+        try:
+            data = ray_trainer.compute_advantage(
+                data, adv_estimator=estimator, norm_adv_by_std_in_grpo=True, config=algo_cfg
+            )
+        except SproInputError as exc:  # e.g. a beta so large that the process term overflows float32
+            raise TrainingDiverged(f"{where}: {exc}") from None
         advantages = data.batch["advantages"]
         if not bool(torch.isfinite(advantages).all()):
-            raise TrainingDiverged(f"{estimator} (beta {hp.beta:g}), seed {seed}, step {step}: non-finite advantages")
+            raise TrainingDiverged(f"{where}: non-finite advantages")
 
         row: dict[str, Any] = {
             "estimator": estimator,

@@ -379,6 +379,11 @@ def compute_spro_advantage(
         groups.rows(msa).div_(groups.spread(std))
     # what the metrics need from the MSA, before the buffer becomes the advantages (no [B, T] temporary)
     msa_low, msa_high = torch.aminmax(msa)
+    if not bool(torch.isfinite(msa_low) & torch.isfinite(msa_high)):
+        raise SproInputError(
+            f"the process term overflows float32 at beta={beta:g} (finite log-probs, but beta times their summed "
+            "log-ratio exceeds 3.4e38): lower algorithm.spro.beta"
+        )
     msa_abs_sum = torch.linalg.vector_norm(msa, ord=1)
     msa_copy = msa.clone() if keep_msa else None
 

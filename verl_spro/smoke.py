@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def validate(args: argparse.Namespace) -> str | None:
     """None when the options can run, else a one-line reason naming the option."""
-    from verl_spro.demo import check_out_dir
+    from verl_spro.output_files import check_out_dir
 
     for override in args.overrides:
         if not _override_key(override) or ("=" not in override and not override.startswith("~")):

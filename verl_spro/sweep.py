@@ -27,7 +27,6 @@ from verl_spro.demo import (
     Hyper,
     TrainingDiverged,
     check_first_seed,
-    check_out_dir,
     paired_difference,
     positive_threads,
     save_figure,
@@ -35,6 +34,7 @@ from verl_spro.demo import (
     verdict,
     write_csv,
 )
+from verl_spro.output_files import check_out_dir
 from verl_spro.tiny_lm import TASKS
 
 if TYPE_CHECKING:
