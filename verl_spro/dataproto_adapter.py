@@ -101,20 +101,24 @@ def _inputs(batch: Any, config: Any) -> dict[str, torch.Tensor]:
     }
 
 
-def _spro(inputs: dict[str, torch.Tensor], index: Any, norm_adv_by_std_in_grpo: bool, config: Any) -> SproOutput:
+def _spro(
+    inputs: dict[str, torch.Tensor], index: Any, norm_adv_by_std_in_grpo: bool, config: Any
+) -> tuple[SproOutput, float]:
+    """SPRO with ``algorithm.spro.*`` read (and validated) from ``config``; returns the output and the beta used."""
     spro_cfg = SproConfig.from_algorithm_config(config)
-    return compute_spro_advantage(
+    out = compute_spro_advantage(
         **inputs,
         index=index,
         beta=spro_cfg.beta,
         norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo,
         msa_norm_by_std=spro_cfg.msa_norm_by_std,
     )
+    return out, spro_cfg.beta
 
 
-def _publish(out: SproOutput, config: Any, meta_info: dict | None) -> dict[str, float]:
+def _publish(out: SproOutput, beta: float, meta_info: dict | None) -> dict[str, float]:
     """The ``spro/*`` metrics: into ``meta_info`` (legacy trainer) and the active :func:`collect_spro_metrics`."""
-    metrics = spro_metrics(out, SproConfig.from_algorithm_config(config).beta)
+    metrics = spro_metrics(out, beta)
     if meta_info is not None:
         meta_info[SPRO_METRICS_KEY] = metrics
     sink = _metrics_sink.get()
@@ -136,10 +140,10 @@ def compute_spro_for_batch(data: Any, norm_adv_by_std_in_grpo: bool = True, conf
     Returns:
         The ``spro/*`` metrics, also stored in ``data.meta_info[SPRO_METRICS_KEY]``.
     """
-    out = _spro(_inputs(data.batch, config), data.non_tensor_batch.get("uid"), norm_adv_by_std_in_grpo, config)
+    out, beta = _spro(_inputs(data.batch, config), data.non_tensor_batch.get("uid"), norm_adv_by_std_in_grpo, config)
     data.batch["advantages"] = out.advantages
     data.batch["returns"] = out.returns
-    return _publish(out, config, data.meta_info)
+    return _publish(out, beta, data.meta_info)
 
 
 def spro_from_tensordict(batch: Any, index: Any, config: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,8 +156,8 @@ def spro_from_tensordict(batch: Any, index: Any, config: Any) -> tuple[torch.Ten
     Returns:
         ``(advantages, returns)``, both ``[B, T]``.
     """
-    out = _spro(_inputs(batch, config), index, bool(_get(config, "norm_adv_by_std_in_grpo", True)), config)
-    _publish(out, config, None)
+    out, beta = _spro(_inputs(batch, config), index, bool(_get(config, "norm_adv_by_std_in_grpo", True)), config)
+    _publish(out, beta, None)
     return out.advantages, out.returns
 
 
@@ -189,7 +193,7 @@ def compute_spro_for_sessions(
     inputs = _inputs(data.batch, config)
     rows = torch.as_tensor(final_rows, dtype=torch.long, device=inputs["response_mask"].device)
     uid = data.non_tensor_batch.get("uid")
-    final = _spro(
+    final, beta = _spro(
         {k: v[rows] for k, v in inputs.items()},
         None if uid is None else [uid[i] for i in final_rows],
         norm_adv_by_std_in_grpo,
@@ -198,7 +202,7 @@ def compute_spro_for_sessions(
     advantages = spread_to_sessions(final, inputs["response_mask"], final_rows, owner)
     data.batch["advantages"] = advantages
     data.batch["returns"] = advantages
-    return _publish(final, config, data.meta_info)
+    return _publish(final, beta, data.meta_info)
 
 
 @contextmanager
