@@ -278,6 +278,31 @@ def test_bad_lines_are_rejected_one_by_one_and_numeric_answers_accepted(tmp_path
     assert default_compute_score(rewards.GSM8K_DATA_SOURCE, "so #### 7", truths[6]) == 1.0
 
 
+def test_a_lone_surrogate_is_rejected_with_its_line_and_the_run_goes_on(tmp_path: Path) -> None:
+    """``\\ud800`` is valid JSON but no UTF-8 string: it must be a reject, not a crash when the batch is written."""
+    src = tmp_path / "in.jsonl"
+    _write_jsonl(
+        src,
+        [
+            {"question": "One plus one?", "answer": "#### 2"},
+            '{"question": "q \\ud800", "answer": "#### 4"}',
+            '{"question": "pair \\ud83d\\ude00", "answer": "#### 5"}',  # a valid surrogate pair: kept
+        ],
+    )
+    out = tmp_path / "out.parquet"
+    assert _prepare(str(src), "-o", str(out)) == 0
+    assert pq.read_table(out).num_rows == 2
+    (reject,) = [json.loads(line) for line in (tmp_path / "out.parquet.rejects.jsonl").read_text().splitlines()]
+    assert reject["line"] == 2 and "lone UTF-16 surrogate" in reject["reason"]
+
+
+def test_write_parquet_of_no_record_is_a_valid_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.parquet"
+    data_prep.write_parquet([], str(path))
+    table = pq.read_table(path)
+    assert table.num_rows == 0 and table.schema.equals(data_prep.output_schema())
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "ten"])
 def test_limit_must_be_a_positive_integer(tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str) -> None:
     with pytest.raises(SystemExit) as exit_info:

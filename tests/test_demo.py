@@ -122,6 +122,14 @@ def test_unwritable_out_is_refused(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr
 
 
+def test_an_output_name_taken_by_a_directory_is_refused_before_any_work(tmp_path: Path) -> None:
+    (tmp_path / "spro_vs_grpo.png").mkdir()
+    result = _cli("--quick", "--out", str(tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{tmp_path / 'spro_vs_grpo.png'} is a directory" in result.stderr
+    assert not (tmp_path / "metrics.csv").exists()
+
+
 def test_atomic_write_keeps_the_previous_file_when_the_write_fails(tmp_path: Path) -> None:
     path = tmp_path / "metrics.csv"
     path.write_text("previous,complete\n")

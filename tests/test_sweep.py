@@ -118,6 +118,16 @@ def test_out_that_is_a_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFix
     assert a_file.read_text() == "keep me"
 
 
+def test_an_output_name_taken_by_a_directory_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "steps.csv").mkdir()
+    assert main(["sweep", "--tiny", "--seeds", "1", "--tasks", "sort", "--workers", "1", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'steps.csv'} is a directory" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["steps.csv"]
+
+
 # ---------------------------------------------------------------------------------------------------- tiny run
 
 

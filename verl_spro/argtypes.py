@@ -27,11 +27,6 @@ def positive_int(name: str) -> Callable[[str], int]:
     return int_at_least(1, name)
 
 
-def non_negative_int(name: str) -> Callable[[str], int]:
-    """Integers >= 0."""
-    return int_at_least(0, name)
-
-
 def int_in_range(minimum: int, maximum: int, name: str) -> Callable[[str], int]:
     """Integers in ``[minimum, maximum]`` (sizes with a sane ceiling: an absurd value fails at parse time)."""
     at_least = int_at_least(minimum, name)

@@ -45,10 +45,11 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from verl_spro.argtypes import positive_int
-from verl_spro.output_files import AtomicFile, OutputPathError, one_line
+from verl_spro.output_files import AtomicFile, OutputPathError, atomic_write, one_line
 from verl_spro.rewards import GSM8K_DATA_SOURCE, MATH_DATA_SOURCE
 
 LAYOUTS = ("prime", "math", "gsm8k")
@@ -467,11 +468,19 @@ def _parse_line(raw: bytes) -> Any:
     if not text.strip():
         return RowError("empty line")
     try:
-        return json.loads(text)
+        row = json.loads(text)
     except RecursionError:
         return RowError("JSON nested too deeply to parse")
     except ValueError as exc:
         return RowError(f"malformed JSON: {exc}")
+    if "\\u" in text:  # a \uD800-style escape decodes to a lone surrogate, which no UTF-8 output can hold
+        try:
+            json.dumps(row, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return RowError("a string holds a lone UTF-16 surrogate (\\uD800-\\uDFFF escape): not valid Unicode")
+        except RecursionError:
+            return RowError("JSON nested too deeply to parse")
+    return row
 
 
 def output_schema() -> Any:
@@ -536,20 +545,23 @@ class _ParquetSink:
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         if exc_type is None:
             self.flush()
+            if self.writer is None:  # no record at all: still a valid (empty) parquet file with the schema
+                import pyarrow.parquet as pq
+
+                self.writer = pq.ParquetWriter(self.path, output_schema())
         if self.writer is not None:
             self.writer.close()
 
 
 def write_parquet(records: Iterable[dict[str, Any]], path: str) -> None:
     """Write verl records to ``path`` with :func:`output_schema`, atomically (a temporary file renamed over it)."""
-    output = AtomicFile(path)
-    try:
-        with _ParquetSink(output.temp) as sink:
+
+    def write(temp: Path) -> None:
+        with _ParquetSink(str(temp)) as sink:
             for record in records:
                 sink.add(record)
-        output.commit()
-    finally:
-        output.discard()
+
+    atomic_write(Path(path), write)
 
 
 def _print_summary(output: str, summary: Summary, rejects_path: str) -> None:

@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from verl_spro.argtypes import positive_int
-from verl_spro.output_files import atomic_write, check_out_dir
+from verl_spro.output_files import OutputPathError, atomic_write, check_out_dir, one_line
 from verl_spro.tiny_lm import SORT, Task
 
 if TYPE_CHECKING:
     import torch
 
 ESTIMATORS = ("spro", "grpo")
+OUTPUT_FILES = ("metrics.csv", "spro_vs_grpo.png")  # what a run writes into --out
 
 
 class TrainingDiverged(RuntimeError):
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         hp = replace(hp, beta=args.beta)
     n_seeds = args.seeds if args.seeds is not None else (1 if args.quick else 5)
-    problem = check_first_seed(args.first_seed, n_seeds) or check_out_dir(args.out)
+    problem = check_first_seed(args.first_seed, n_seeds) or check_out_dir(args.out, files=OUTPUT_FILES)
     if problem is not None:
         print(f"verl-spro demo: error: {problem}", file=sys.stderr)
         return 2
@@ -138,11 +139,16 @@ def run(args: argparse.Namespace) -> int:
     except TrainingDiverged as exc:
         print(f"verl-spro demo: error: training diverged: {exc}; nothing written (a smaller --beta?)", file=sys.stderr)
         return 1
-    write_csv(rows, args.out / "metrics.csv")
-    print(summary_table(rows, hp))
-    if not args.no_plots:
-        for path in plot(rows, args.out, hp):
-            print(f"wrote {path}")
+    try:
+        write_csv(rows, args.out / "metrics.csv")
+        print(summary_table(rows, hp))
+        if not args.no_plots:
+            for path in plot(rows, args.out, hp):
+                print(f"wrote {path}")
+    except (OSError, OutputPathError, KeyboardInterrupt) as exc:
+        why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"cannot write to {args.out}: {one_line(exc)}"
+        print(f"verl-spro demo: error: {why}; previous files left as they were", file=sys.stderr)
+        return 130 if isinstance(exc, KeyboardInterrupt) else 2
     print(f"wrote {args.out / 'metrics.csv'}  ({time.time() - t0:.0f} s)")
     return 0
 

@@ -34,7 +34,7 @@ from verl_spro.demo import (
     verdict,
     write_csv,
 )
-from verl_spro.output_files import check_out_dir
+from verl_spro.output_files import OutputPathError, check_out_dir, one_line
 from verl_spro.tiny_lm import TASKS
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 SWEEP_TASKS = ("sort", "sort_long", "add_carries")
 BETAS = (0.05, 0.2, 1.0)
 SEEDS = 5
+OUTPUT_FILES = ("steps.csv", "warmups.csv", "runs.csv", "summary.csv", "sweep.png")  # written into --out
 START_ACCURACY = 0.40  # every warm-up stops at the first check where sampled accuracy reaches this
 TARGET_ACCURACY = 0.55  # "steps to target": 10-step rolling sampled accuracy, the same for every task
 FINAL_WINDOW = 10  # final sampled accuracy / entropy / length: mean over the last 10 steps
@@ -139,7 +140,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``verl-spro sweep``. Returns the exit code (2 on bad arguments, 130 when interrupted)."""
-    problem = check_first_seed(args.first_seed, args.seeds) or check_out_dir(args.out)
+    problem = check_first_seed(args.first_seed, args.seeds) or check_out_dir(args.out, files=OUTPUT_FILES)
     if problem is not None:
         print(f"verl-spro sweep: error: {problem}", file=sys.stderr)
         return 2
@@ -172,13 +173,21 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    except (OSError, OutputPathError) as exc:
+        print(f"verl-spro sweep: error: cannot write to {args.out}: {one_line(exc)}", file=sys.stderr)
+        return 2
     runs = per_run_measures(steps, hp)
     summary = compare_to_grpo(runs, hp.steps)
-    write_csv(runs.to_dict("records"), args.out / "runs.csv")
-    write_csv(summary.to_dict("records"), args.out / "summary.csv")
-    print(summary_table(summary, warmups))
-    if not args.no_plots:
-        print(f"wrote {plot(summary, args.out)}")
+    try:
+        write_csv(runs.to_dict("records"), args.out / "runs.csv")
+        write_csv(summary.to_dict("records"), args.out / "summary.csv")
+        print(summary_table(summary, warmups))
+        if not args.no_plots:
+            print(f"wrote {plot(summary, args.out)}")
+    except (OSError, OutputPathError, KeyboardInterrupt) as exc:
+        why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"cannot write to {args.out}: {one_line(exc)}"
+        print(f"verl-spro sweep: error: {why}; steps.csv and warmups.csv are complete", file=sys.stderr)
+        return 130 if isinstance(exc, KeyboardInterrupt) else 2
     wall = time.time() - t0
     cpu = time.process_time() - cpu0 + _children_cpu()
     print(f"wrote {args.out}/{{steps,warmups,runs,summary}}.csv  (wall {wall:.0f} s, CPU {cpu:.0f} s)")
