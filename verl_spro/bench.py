@@ -18,12 +18,13 @@ physical memory the call touches, outputs included, measured in a separate pass 
 Noise: each method's spread over the repeats is ``median / best - 1``. Above ``--noise-threshold`` (default 0.25,
 i.e. the median call 25% slower than the best one) the measurement is marked noisy: ``noisy=yes`` in the CSV, its
 ratios printed with a ``?`` and a warning line at the end. A noisy ratio is not a result: rerun on a quieter machine.
-A load average above the core count (at the start or the end) also gets a warning line: then even steady timings
-may all be inflated alike.
+On the CPU, a load average above the core count (at the start or the end) also gets a warning line: then even
+steady timings may all be inflated alike.
 
-``--out`` and every option are checked before any work (one-line error, exit status 2). Writes ``bench.csv`` and
-``bench.png`` (time against ``B*T``, log-log, one line per method), each renamed into place once complete, and
-prints the ratios.
+``--out`` and every option are checked before any work (one-line error, exit status 2); ``--device cuda`` without a
+GPU exits 1; a shape whose B is not a multiple of G is skipped (``status=skipped`` and the reason in its CSV row).
+Writes ``bench.csv`` and ``bench.png`` (time against ``B*T``, log-log, one line per method), each renamed into place
+once complete, and prints the ratios.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ per-sequence advantage.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -53,22 +54,27 @@ class Task:
     answer_tokens: tuple[int, int]
     make: ProblemMaker
 
-    @property
+    @functools.cached_property
     def vocab(self) -> list[str]:
+        """Token id -> symbol: the special tokens, then :attr:`chars`."""
         return [*SPECIAL, *self.chars]
+
+    @functools.cached_property
+    def _ids(self) -> dict[str, int]:
+        return {c: i + len(SPECIAL) for i, c in enumerate(self.chars)}
 
     def encode(self, text: str) -> list[int]:
         """Character ids of ``text`` (no EOS added)."""
-        return [self.chars.index(c) + len(SPECIAL) for c in text]
+        return [self._ids[c] for c in text]
 
     def decode(self, ids: list[int]) -> str:
         """Text up to (not including) the first EOS; PAD and EOS are dropped."""
-        out = []
+        vocab, out = self.vocab, []
         for i in ids:
             if i == EOS:
                 break
             if i != PAD:
-                out.append(self.vocab[i])
+                out.append(vocab[i])
         return "".join(out)
 
     def build_policy(self, seed: int) -> Qwen2ForCausalLM:
