@@ -198,6 +198,14 @@ def test_resume_needs_steps_above_the_checkpoint(tmp_path: Path, capsys: pytest.
     assert "at step 2; --steps must be above it" in capsys.readouterr().err
 
 
+def test_a_main_ppo_that_fails_by_itself_says_why(tmp_path: Path) -> None:
+    """A bad override fails in main_ppo's Hydra (exit 1, before Ray): the user sees verl's reason, not silence."""
+    result = _smoke(tmp_path / "o", "trainer.no_such_key=1")
+    assert result.returncode == 1
+    assert "main_ppo exited with code 1" in result.stderr
+    assert "Could not override 'trainer.no_such_key'" in result.stderr
+
+
 def test_an_out_holding_checkpoints_is_not_wiped_without_fresh(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -415,7 +415,7 @@ def run_trainer(command: list[str], out: Path, steps: int, timeout_s: int) -> in
     log_path = out / "main_ppo.log"
     print(f"{PROG}: main_ppo on the CPU, {steps} step(s); verl's log: {log_path}", flush=True)
     start = last_progress = time.time()
-    offset, done, rc = 0, 0, None
+    offset, done, rc, reported = 0, 0, None, False
     with open(log_path, "wb") as log:
         log.write((" ".join(command) + "\n").encode())
         log.flush()
@@ -434,10 +434,10 @@ def run_trainer(command: list[str], out: Path, steps: int, timeout_s: int) -> in
                 if rc is None and time.time() - last_progress > timeout_s:
                     what = "Ray or a worker did not come up" if done == 0 else f"step {done + 1} did not finish"
                     print(f"{PROG}: error: {what} within {timeout_s} s (--timeout); see {log_path}", file=sys.stderr)
-                    rc = 1
+                    rc, reported = 1, True
         except KeyboardInterrupt:
             print(f"{PROG}: interrupted; stopping main_ppo and its Ray processes", file=sys.stderr)
-            rc = 130
+            rc, reported = 130, True
         finally:
             signal.signal(signal.SIGTERM, previous_sigterm)
             stop_run(proc, str(ray_tmp))
@@ -445,7 +445,7 @@ def run_trainer(command: list[str], out: Path, steps: int, timeout_s: int) -> in
                 shutil.rmtree(ray_tmp, ignore_errors=True)
     if rc == 0:
         print(f"{PROG}: done in {time.time() - start:.0f} s; metrics: {metrics}", flush=True)
-    elif rc not in (1, 130):
+    elif not reported:  # main_ppo failed by itself (a bad override, a Python error): show why
         print(f"{PROG}: error: main_ppo exited with code {rc}; last lines of {log_path}:", file=sys.stderr)
         print(_tail(log_path), file=sys.stderr)
     return rc
