@@ -140,18 +140,42 @@ def _target(owner: Any, name: str, label: str, params: Iterable[str] = ()) -> An
 
 
 def _replace(
-    module: ModuleType, name: str, params: Iterable[str], make_wrapper: Callable[[Callable], Callable]
+    owner: ModuleType | type, name: str, params: Iterable[str], make_wrapper: Callable[[Callable], Callable]
 ) -> None:
-    """Replace ``module.name`` by ``make_wrapper(original)`` there and in every loaded verl module bound to it."""
-    original = _target(module, name, f"{module.__name__}.{name}", params)
+    """Replace ``owner.name`` by ``make_wrapper(original)``; for a module, also in every loaded verl module that
+    imported it by name. ``owner`` may be a class (a method is replaced on the class)."""
+    label = f"{owner.__module__}.{owner.__qualname__}" if isinstance(owner, type) else owner.__name__
+    original = _target(owner, name, f"{label}.{name}", params)
     if getattr(original, _WRAPPED, None) is not None:
         return
     wrapper = make_wrapper(original)
     setattr(wrapper, _WRAPPED, original)
-    for mod_name, mod in list(sys.modules.items()):
-        if (mod_name == "verl" or mod_name.startswith("verl.")) and getattr(mod, name, None) is original:
-            setattr(mod, name, wrapper)
-    setattr(module, name, wrapper)
+    if isinstance(owner, ModuleType):
+        for mod_name, mod in list(sys.modules.items()):
+            if (mod_name == "verl" or mod_name.startswith("verl.")) and getattr(mod, name, None) is original:
+                setattr(mod, name, wrapper)
+    setattr(owner, name, wrapper)
+
+
+def _spro_branch(compute_spro: Callable[[dict[str, Any]], None]) -> Callable[[Callable], Callable]:
+    """A wrapper maker for verl's advantage functions: ``spro`` goes to ``compute_spro(arguments)``, which fills
+    ``arguments["data"]`` in place (returned, as verl's function returns it); every other estimator to verl's own."""
+
+    def make(original: Callable) -> Callable:
+        signature = inspect.signature(original)
+
+        @functools.wraps(original)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            if not is_spro(bound.arguments["adv_estimator"]):
+                return original(*args, **kwargs)
+            compute_spro(bound.arguments)
+            return bound.arguments["data"]
+
+        return wrapper
+
+    return make
 
 
 def _behaviour_hook(hook: Callable[[ModuleType], None]) -> Callable[[ModuleType], None]:
@@ -234,50 +258,24 @@ def _hook_compute_advantage(ray_trainer: ModuleType) -> None:
     if _batch_passed.get("compute_advantage"):
         return  # verl hands the registry entry what it needs: nothing to patch
 
-    def make(original: Callable) -> Callable:
-        signature = inspect.signature(original)
+    def spro(arguments: dict[str, Any]) -> None:
+        data = arguments["data"]
+        if "response_mask" not in data.batch.keys():
+            data.batch["response_mask"] = ray_trainer.compute_response_mask(data)
+        compute_spro_for_batch(data, arguments["norm_adv_by_std_in_grpo"], arguments["config"])
 
-        @functools.wraps(original)
-        def compute_advantage(*args: Any, **kwargs: Any) -> Any:
-            bound = signature.bind(*args, **kwargs)
-            bound.apply_defaults()
-            if not is_spro(bound.arguments["adv_estimator"]):
-                return original(*args, **kwargs)
-            data = bound.arguments["data"]
-            if "response_mask" not in data.batch.keys():
-                data.batch["response_mask"] = ray_trainer.compute_response_mask(data)
-            compute_spro_for_batch(data, bound.arguments["norm_adv_by_std_in_grpo"], bound.arguments["config"])
-            return data
-
-        return compute_advantage
-
-    _replace(ray_trainer, "compute_advantage", params, make)
+    _replace(ray_trainer, "compute_advantage", params, _spro_branch(spro))
 
 
 def _hook_v1_utils(v1_utils: ModuleType) -> None:
     params = ("data", "batch_keys", "adv_estimator", "norm_adv_by_std_in_grpo", "config")
 
-    def make(original: Callable) -> Callable:
-        signature = inspect.signature(original)
+    def spro(arguments: dict[str, Any]) -> None:
+        compute_spro_for_sessions(
+            arguments["data"], arguments["batch_keys"], arguments["norm_adv_by_std_in_grpo"], arguments["config"]
+        )
 
-        @functools.wraps(original)
-        def compute_advantage_for_multi_trajectories(*args: Any, **kwargs: Any) -> Any:
-            bound = signature.bind(*args, **kwargs)
-            bound.apply_defaults()
-            if not is_spro(bound.arguments["adv_estimator"]):
-                return original(*args, **kwargs)
-            data = bound.arguments["data"]
-            compute_spro_for_sessions(
-                data,
-                bound.arguments["batch_keys"],
-                bound.arguments["norm_adv_by_std_in_grpo"],
-                bound.arguments["config"],
-            )
-            return data
-
-        return compute_advantage_for_multi_trajectories
-
-    _replace(v1_utils, "compute_advantage_for_multi_trajectories", params, make)
+    _replace(v1_utils, "compute_advantage_for_multi_trajectories", params, _spro_branch(spro))
 
 
 def _hook_ppo_utils(ppo_utils: ModuleType) -> None:
@@ -356,23 +354,21 @@ def _hook_compute_data_metrics(metric_utils: ModuleType) -> None:
 
 
 def _hook_v1_trainer(trainer_base: ModuleType) -> None:
-    label = "verl.trainer.ppo.v1.trainer_base.PPOTrainer._compute_advantage"
     trainer_cls = getattr(trainer_base, "PPOTrainer", None)
     if trainer_cls is None:
         raise HookTargetError("verl.trainer.ppo.v1.trainer_base.PPOTrainer", "missing")
-    original = _target(trainer_cls, "_compute_advantage", label, ("self", "batch", "metrics"))
-    if getattr(original, _WRAPPED, None) is not None:
-        return
 
-    @functools.wraps(original)
-    def _compute_advantage(self: Any, batch: Any, metrics: dict) -> Any:
-        with collect_spro_metrics() as sink:
-            result = original(self, batch, metrics)
-        metrics.update(sink)
-        return result
+    def make(original: Callable) -> Callable:
+        @functools.wraps(original)
+        def _compute_advantage(self: Any, batch: Any, metrics: dict) -> Any:
+            with collect_spro_metrics() as sink:
+                result = original(self, batch, metrics)
+            metrics.update(sink)
+            return result
 
-    setattr(_compute_advantage, _WRAPPED, original)
-    trainer_cls._compute_advantage = _compute_advantage
+        return _compute_advantage
+
+    _replace(trainer_cls, "_compute_advantage", ("self", "batch", "metrics"), make)
 
 
 #: verl module -> the hook that patches it (applied right after the module's code runs). The two gate hooks
