@@ -195,7 +195,9 @@ def test_msa_is_linear_in_beta(inputs, beta, factor) -> None:
 @settings(max_examples=40, deadline=None)
 @given(inputs=batches, beta=st.floats(0.0, 1.0), seed=st.integers(0, 1000))
 def test_all_padding_rows_are_zero_and_inert(inputs, beta, seed) -> None:
-    """All-zero-mask rows give exact zeros, whatever their uid and inputs (NaN included), and change no other row."""
+    """All-zero-mask rows give exact zeros, whatever their uid and inputs (NaN included), and never touch the process
+    term; one with a uid of its own changes nothing, one inside a real group counts in that group's outcome
+    statistics only (as verl's grpo counts it: SPEC)."""
     gen = torch.Generator().manual_seed(seed)
     length = inputs["response_mask"].shape[1]
     index = inputs["index"]
@@ -209,10 +211,14 @@ def test_all_padding_rows_are_zero_and_inert(inputs, beta, seed) -> None:
         "ref_log_probs": torch.cat([inputs["ref_log_probs"], torch.randn(2, length, generator=gen)]),
         "index": np.concatenate([index, extra_uids]),
     }
-    base = compute_spro_advantage(**inputs, beta=beta)
-    out = compute_spro_advantage(**padded, beta=beta)
+    base = compute_spro_advantage(**inputs, beta=beta, keep_msa=True)
+    out = compute_spro_advantage(**padded, beta=beta, keep_msa=True)
     assert torch.equal(out.advantages[-2:], torch.zeros(2, length))
-    assert torch.equal(out.advantages[:-2], base.advantages)
+    assert torch.equal(out.msa[:-2], base.msa)
+    other_groups = torch.tensor([label != index[0] for label in index])
+    assert torch.equal(out.advantages[:-2][other_groups], base.advantages[other_groups])
+    reference = spro_reference(**{**padded, "index": list(padded["index"])}, beta=beta)
+    torch.testing.assert_close(out.advantages.double(), reference[0], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

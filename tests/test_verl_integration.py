@@ -43,19 +43,26 @@ def algo(estimator: str = "spro", **spro: object) -> OmegaConf:
     return OmegaConf.create(node)
 
 
-def make_data(seed: int = 0, group_sizes=(4, 4, 1, 3), length: int = 12, padding_rows: int = 2) -> DataProto:
-    """A verl batch as the trainers build it: right-padded responses, uid groups, V1 padding rows at the end."""
+def make_data(
+    seed: int = 0, group_sizes=(4, 4, 1, 3), length: int = 12, padding_rows: int = 2, empty_rows: tuple[int, ...] = ()
+) -> DataProto:
+    """A verl batch as the trainers build it: right-padded responses, uid groups, V1 padding rows at the end.
+
+    ``empty_rows``: rows of the real groups whose response has zero length (verl's aborted generations), with a
+    reward on the last position (so their score counts in their group's statistics)."""
     gen = torch.Generator().manual_seed(seed)
     uids = [f"prompt-{g}" for g, size in enumerate(group_sizes) for _ in range(size)]
     lengths = torch.randint(1, length + 1, (len(uids),), generator=gen).tolist()
+    for row in empty_rows:
+        lengths[row] = 0
     uids += [f"pad-{k}" for k in range(padding_rows)]
     lengths += [0] * padding_rows
     batch = len(uids)
     mask = (torch.arange(length).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).long()
     rewards = torch.zeros(batch, length)
     for i, n in enumerate(lengths):
-        if n:
-            rewards[i, n - 1] = float(torch.randint(0, 2, (1,), generator=gen))
+        if n or i in empty_rows:
+            rewards[i, n - 1] = float(torch.randint(0, 2, (1,), generator=gen)) + 0.5 * (i in empty_rows)
     return DataProto.from_dict(
         tensors={
             "token_level_rewards": rewards,
@@ -97,6 +104,46 @@ def test_beta_zero_equals_verls_grpo_on_the_same_dataproto(norm: bool) -> None:
     ).batch["advantages"]
     grpo = ray_trainer.compute_advantage(make_data(1), "grpo", norm_adv_by_std_in_grpo=norm, config=algo("grpo"))
     torch.testing.assert_close(spro, grpo.batch["advantages"], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("norm", [True, False])
+@pytest.mark.parametrize("path", ["legacy", "v1"])
+def test_beta_zero_equals_grpo_with_zero_length_rows_inside_real_groups(norm: bool, path: str) -> None:
+    """verl counts zero-length (aborted) responses in their group's outcome statistics; spro's outcome term does
+    too (SPEC), while their own advantages are 0 and the process term never sees them."""
+    empty = (1, 5, 6, 10)  # inside groups of 4, 4 and 3 (two in one group); row 8 is a singleton group
+
+    def advantages(estimator: str, beta: float) -> torch.Tensor:
+        data = make_data(21, empty_rows=empty)
+        config = algo(estimator, beta=beta) if estimator == "spro" else algo(estimator)
+        if path == "legacy":
+            return ray_trainer.compute_advantage(data, estimator, norm_adv_by_std_in_grpo=norm, config=config).batch[
+                "advantages"
+            ]
+        keys = [f"{uid}_{i}_0" for i, uid in enumerate(data.non_tensor_batch["uid"])]
+        adv_estimator = estimator if estimator == "spro" else core_algos.AdvantageEstimator.GRPO
+        out = v1_utils.compute_advantage_for_multi_trajectories(
+            data, batch_keys=keys, adv_estimator=adv_estimator, norm_adv_by_std_in_grpo=norm, config=config
+        )
+        return out.batch["advantages"]
+
+    grpo = advantages("grpo", 0.0)
+    torch.testing.assert_close(advantages("spro", 0.0), grpo, rtol=1e-6, atol=1e-6)
+    spro = advantages("spro", 0.3)
+    assert torch.equal(spro[list(empty)], torch.zeros(len(empty), spro.shape[1]))
+    expected = reference_for(make_data(21, empty_rows=empty), beta=0.3, norm_adv_by_std_in_grpo=norm)
+    torch.testing.assert_close(spro.double(), expected, rtol=1e-5, atol=1e-5)
+    # the process term (spro minus its beta=0 outcome) is the same with the zero-length members dropped
+    kept = [i for i in range(len(spro)) if i not in empty]
+    dropped = make_data(21, empty_rows=empty).select_idxs(kept)
+    config = algo(beta=0.3)
+    msa_dropped = (
+        ray_trainer.compute_advantage(dropped, "spro", norm_adv_by_std_in_grpo=norm, config=config).batch["advantages"]
+        - ray_trainer.compute_advantage(
+            make_data(21, empty_rows=empty).select_idxs(kept), "grpo", norm_adv_by_std_in_grpo=norm, config=algo("grpo")
+        ).batch["advantages"]
+    )
+    torch.testing.assert_close((spro - grpo)[kept], msa_dropped, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("beta", [0.05, 0.5])

@@ -15,6 +15,9 @@ view when rows come in equal consecutive blocks per group (``index_add_`` and a 
 in-place ops on one ``[B, T]`` buffer that becomes the returned advantages.
 The readable float64 loop version this is tested against is :mod:`verl_spro.estimator_reference`.
 
+Rows with an all-zero mask (zero-length responses) get all-zero advantages and take no part in the process term;
+in the outcome term they count in their group's statistics exactly as verl's ``grpo`` counts them.
+
 Groups are the labels' Python equality and hash, as verl's ``grpo`` groups ``uid`` (``1`` and ``1.0`` are one group,
 ``1`` and ``"1"`` two). ``response_mask`` must hold exactly 0 and 1. NaN/inf inputs on padding positions are
 ignored; on active positions they are an error naming the rows.
@@ -59,7 +62,8 @@ class SproOutput:
     Attributes:
         advantages: ``[B, T]`` float32, ``m * (outcome + msa)``.
         returns: ``[B, T]``, the same tensor as ``advantages`` (verl does the same for GRPO).
-        outcome: ``[B]`` float32, the GRPO outcome advantage of each row (0 for all-padding rows).
+        outcome: ``[B]`` float32, the GRPO outcome advantage of each row (0 for all-padding rows, which still
+            count in their group's statistics, as in verl's ``grpo``).
         cpr_at_eos: ``[B]`` float32, the cumulative process reward at each row's last active token
             (the sum of the row's intrinsic rewards; 0 for all-padding rows).
         active_rows: ``[B]`` bool, rows with at least one active token (all-padding rows are not).
@@ -139,13 +143,14 @@ def grpo_outcome_advantage(
 ) -> torch.Tensor:
     """GRPO's outcome advantage, vectorised; the same numbers as verl's ``compute_grpo_outcome_advantage``.
 
-    Group mean and unbiased group std of the scores; a group with a single member uses mean 0 and std 1.
-    Rows that are not active (all-padding rows) take no part in any group and get 0.
+    Group mean and unbiased group std of the scores over every row of the group, zero-length rows included (verl
+    0.9 puts aborted, zero-length responses inside real groups and its ``grpo`` counts them); a group with a single
+    member uses mean 0 and std 1. Rows that are not active (all-padding rows) get 0, as ``grpo``'s ``* mask`` does.
 
     Args:
         scores: ``[B]`` sequence scores.
         gid: ``[B]`` dense group ids.
-        active_rows: ``[B]`` bool, rows with at least one active token.
+        active_rows: ``[B]`` bool, rows with at least one active token (the others are zeroed at the end).
         norm_adv_by_std: divide by ``std + epsilon`` (verl's ``algorithm.norm_adv_by_std_in_grpo``).
         epsilon: verl's ``1e-6``.
 
@@ -154,11 +159,10 @@ def grpo_outcome_advantage(
     """
     n_groups = int(gid.max()) + 1 if gid.numel() else 0
     # B values only: float64 costs nothing and keeps the group stats as exact as verl's per-group torch.mean/std.
-    s = torch.where(active_rows, scores.double(), 0.0)
-    w = active_rows.double()
-    count = _group_sum(w, gid, n_groups)
+    s = scores.double()
+    count = _group_sum(torch.ones_like(s), gid, n_groups)
     mean = _group_sum(s, gid, n_groups) / count.clamp(min=1.0)
-    centred = (s - mean[gid]) * w
+    centred = s - mean[gid]
     var = _group_sum(centred * centred, gid, n_groups) / (count - 1.0).clamp(min=1.0)
     single = count <= 1.0
     mean = torch.where(single, 0.0, mean)

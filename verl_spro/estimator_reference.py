@@ -73,21 +73,22 @@ def spro_reference(
             for j in active:
                 msa[j][t] = (cpr[j][t] - mean) / std
 
-    # 4. GRPO outcome advantage over the rows that have at least one active token; a non-finite reward on a
-    # padding position counts as 0 (like a non-finite log-prob there)
+    # 4. GRPO outcome advantage over every member of the group, zero-length rows included (verl's grpo counts them;
+    # their own advantage is 0 through the mask); a non-finite reward on a padding position counts as 0 (like a
+    # non-finite log-prob there)
     outcome = [0.0] * batch
     for members in groups.values():
-        rows = [j for j in members if any(mask[j])]
         scores = {}
-        for j in rows:
+        for j in members:
             scores[j] = sum(r if (m or math.isfinite(r)) else 0.0 for r, m in zip(rewards[j], mask[j], strict=True))
-        if len(rows) == 1:
+        if len(members) == 1:
             mean, std = 0.0, 1.0
-        elif rows:
-            mean = sum(scores.values()) / len(rows)
-            std = math.sqrt(sum((s - mean) ** 2 for s in scores.values()) / (len(rows) - 1))
-        for j in rows:
-            outcome[j] = (scores[j] - mean) / (std + epsilon) if norm_adv_by_std_in_grpo else scores[j] - mean
+        else:
+            mean = sum(scores.values()) / len(members)
+            std = math.sqrt(sum((s - mean) ** 2 for s in scores.values()) / (len(members) - 1))
+        for j in members:
+            if any(mask[j]):
+                outcome[j] = (scores[j] - mean) / (std + epsilon) if norm_adv_by_std_in_grpo else scores[j] - mean
 
     # 5. final advantage
     advantages = [[mask[i][t] * (outcome[i] + msa[i][t]) for t in range(length)] for i in range(batch)]
