@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from verl_spro.argtypes import int_in_range, positive_int
+from verl_spro.shm_leftovers import ShmLeftovers
 
 TRAINERS = ("v1", "legacy")
 ESTIMATORS = ("spro", "grpo")
@@ -45,6 +46,20 @@ TRAIN_PROMPTS, VAL_PROMPTS = 64, 8
 CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"
 CPU_BACKEND = "verl_spro.cpu_backend"  # importing it installs it: named here, never imported by this process
 CPU_ROLLOUT = "hf_cpu"  # verl_spro.cpu_backend.ROLLOUT_NAME (a test checks they agree)
+ROLLOUTS = ("hf", "vllm")  # --rollout: the CPU backend's hf_cpu stand-in, or vLLM's own engine (its CPU build)
+VLLM_SETUP = "bash scripts/setup_cpu.sh --vllm"
+VLLM_KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"  # GiB of KV cache vLLM's CPU worker allocates
+VLLM_KV_CACHE_GIB = "1"  # smoke's default when the environment does not set it
+#: What vLLM's CPU build needs from main_ppo (see docs: no sleep mode on a CPU, no CUDA graphs, float32 like the actor).
+VLLM_OVERRIDES = (
+    "actor_rollout_ref.rollout.dtype=float32",
+    "actor_rollout_ref.rollout.enforce_eager=true",
+    "actor_rollout_ref.rollout.gpu_memory_utilization=0.1",
+    "actor_rollout_ref.rollout.free_cache_engine=false",
+    "actor_rollout_ref.rollout.max_num_seqs=16",
+    "actor_rollout_ref.rollout.max_num_batched_tokens=640",
+    "+actor_rollout_ref.rollout.enable_sleep_mode=false",
+)
 PROG = "verl-spro smoke"
 
 
@@ -57,6 +72,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=positive_int("--steps"), default=2, help="training steps (default 2)")
     parser.add_argument("--trainer", choices=TRAINERS, default="v1", help="verl's V1 trainer or the legacy one")
     parser.add_argument("--estimator", choices=ESTIMATORS, default="spro", help="advantage estimator (spro)")
+    parser.add_argument(
+        "--rollout",
+        choices=ROLLOUTS,
+        default="hf",
+        help=f"hf: the CPU backend's stand-in rollout (default); vllm: vLLM's own engine, from the environment "
+        f"`{VLLM_SETUP}` makes",
+    )
+    parser.add_argument(
+        "--bypass-mode",
+        action="store_true",
+        help="algorithm.rollout_correction.bypass_mode=true: the rollout's log-probs serve as the old policy's "
+        "(SPRO's process reward then uses them)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUT")
     parser.add_argument(
         "--seed",
@@ -74,6 +102,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_int("--timeout"),
         default=900,
         help="give up when no step completes for this many seconds, start-up included (default 900)",
+    )
+    parser.add_argument(
+        "--print-overrides",
+        action="store_true",
+        help="build the model and task in OUT, print main_ppo overrides for a run on an existing Ray cluster "
+        "(one a line, without the one-machine Ray sizing) and run nothing; see docs/launching.md",
     )
     parser.add_argument("overrides", nargs="*", metavar="OVERRIDES", help="Hydra overrides for main_ppo (key=value)")
 
@@ -100,7 +134,74 @@ def validate(args: argparse.Namespace) -> str | None:
                 f"--out {args.out} holds a checkpoint at step {latest}: continue it with --resume, start over with "
                 "--fresh (deletes it), or choose another --out"
             )
+    if args.rollout == "vllm":
+        problem = vllm_problem(args)
+        if problem is not None:
+            return problem
     return check_out_dir(args.out)  # last: it creates --out
+
+
+def vllm_problem(args: argparse.Namespace) -> str | None:
+    """None when this Python can run ``--rollout vllm`` with the model the run will use, else a one-line reason.
+
+    Checks, without starting anything: vLLM installed under the name verl reads, the CPU backend's vLLM fixes
+    applicable (:mod:`verl_spro.cpu_backend.vllm_fixes`, checked in a child process: importing the backend installs
+    it), the model's head size among those vLLM's CPU attention serves, and the KV cache within free memory.
+    """
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return (
+            f"--rollout vllm: vLLM is not installed in this Python ({sys.executable}); make the vLLM environment "
+            f"with `{VLLM_SETUP}` and run its verl-spro (.venv-vllm/bin/verl-spro smoke --rollout vllm ...)"
+        )
+    try:
+        importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:
+        return (
+            "--rollout vllm: the vllm package is installed without a distribution named vllm (verl reads its "
+            f"version): make the vLLM environment with `{VLLM_SETUP}`"
+        )
+    kv_cache = os.environ.get(VLLM_KV_CACHE_ENV, VLLM_KV_CACHE_GIB)
+    if not kv_cache.isdigit() or int(kv_cache) < 1:
+        return f"{VLLM_KV_CACHE_ENV}={kv_cache!r}: expected a whole number of GiB of KV cache, at least 1 (default 1)"
+    available = _available_memory_gib()
+    if available is not None and int(kv_cache) > available:
+        return (
+            f"{VLLM_KV_CACHE_ENV}={kv_cache}: vLLM's KV cache would take {kv_cache} GiB, more than the "
+            f"{available:.1f} GiB of memory available now: lower it (smoke's default is {VLLM_KV_CACHE_GIB})"
+        )
+    model = _model_override(args.overrides) or (args.out / "model" if args.resume else None)
+    check = [sys.executable, "-m", "verl_spro.cpu_backend.vllm_fixes", *([str(model)] if model else [])]
+    result = subprocess.run(check, capture_output=True, text=True, check=False, timeout=300)
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        return f"--rollout vllm: vLLM does not import in {sys.executable}: {_last_error_line(result.stderr)}"
+    return lines[-1] if lines[-1] != "ok" else None
+
+
+def _model_override(overrides: list[str]) -> Path | None:
+    for override in overrides:
+        if _override_key(override) == "actor_rollout_ref.model.path" and "=" in override:
+            return Path(override.split("=", 1)[1])
+    return None
+
+
+def _available_memory_gib() -> float | None:
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _last_error_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
 
 
 def latest_checkpoint_step(checkpoints: Path) -> int | None:
@@ -122,19 +223,10 @@ def run(args: argparse.Namespace) -> int:
     out = args.out.resolve()
     if not args.resume:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    model_dir = out / "model"
-    if not (model_dir / "config.json").is_file() or not args.resume:
-        build_model(model_dir, args.seed)
-    train_file, val_file = write_task(out / "data", args.seed)
-    command = [
-        sys.executable,
-        "-m",
-        "verl.trainer.main_ppo",
-        *merge_overrides(
-            smoke_overrides(out, model_dir, train_file, val_file, args),
-            args.overrides,
-        ),
-    ]
+    if args.print_overrides:
+        print("\n".join(merge_overrides(cluster_overrides(out, args), args.overrides)))
+        return 0
+    command = [sys.executable, "-m", "verl.trainer.main_ppo", *merge_overrides(prepare(out, args), args.overrides)]
     return run_trainer(command, out, args.steps, args.timeout)
 
 
@@ -159,8 +251,12 @@ def build_tokenizer() -> Any:
     return tokenizer
 
 
-def build_model(model_dir: Path, seed: int) -> None:
-    """Save a randomly initialised 2-layer Qwen2 (hidden 64) and its tokenizer to ``model_dir``."""
+def build_model(model_dir: Path, seed: int, rollout: str = "hf") -> None:
+    """Save a randomly initialised 2-layer Qwen2 (hidden 64) and its tokenizer to ``model_dir``.
+
+    For ``rollout="vllm"`` it has 2 attention heads and 1 KV head (head size 32, the least vLLM's CPU attention
+    serves) instead of 4 and 2.
+    """
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
     from transformers.utils import logging as hf_logging
@@ -174,8 +270,8 @@ def build_model(model_dir: Path, seed: int) -> None:
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=2 if rollout == "vllm" else 4,
+        num_key_value_heads=1 if rollout == "vllm" else 2,
         max_position_embeddings=PROMPT_LEN + RESPONSE_LEN,
         tie_word_embeddings=False,
         eos_token_id=eos,
@@ -269,7 +365,9 @@ def smoke_overrides(
         f"actor_rollout_ref.actor.data_loader_seed={seed}",
         "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16",
         "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=16",
-        f"actor_rollout_ref.rollout.name={CPU_ROLLOUT}",
+        f"actor_rollout_ref.rollout.name={CPU_ROLLOUT if args.rollout == 'hf' else 'vllm'}",
+        *(VLLM_OVERRIDES if args.rollout == "vllm" else ()),
+        *(["algorithm.rollout_correction.bypass_mode=true"] if args.bypass_mode else []),
         "actor_rollout_ref.rollout.n=4",
         "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
         "actor_rollout_ref.rollout.agent.num_workers=1",
@@ -293,6 +391,34 @@ def smoke_overrides(
         "ray_kwargs.ray_init.num_cpus=16",
         "+ray_kwargs.ray_init.num_gpus=1",
     ]
+
+
+#: Keys of :func:`smoke_overrides` that size the one-machine Ray ``verl-spro smoke`` starts; on an existing cluster
+#: the launchers set the first two from the allocation, and ray.init must not size a cluster it only joins.
+LOCAL_RAY_KEYS = frozenset(
+    ("trainer.nnodes", "trainer.n_gpus_per_node", "ray_kwargs.ray_init.num_cpus", "ray_kwargs.ray_init.num_gpus")
+)
+
+
+def prepare(out: Path, args: argparse.Namespace) -> list[str]:
+    """Build the model (kept on ``--resume``) and the task in OUT; return the smoke run's main_ppo overrides.
+
+    ``args`` holds the smoke options ``steps``, ``seed``, ``resume``, ``estimator`` and ``trainer``.
+    """
+    model_dir = out / "model"
+    if not (model_dir / "config.json").is_file() or not args.resume:
+        build_model(model_dir, args.seed, args.rollout)
+    train_file, val_file = write_task(out / "data", args.seed)
+    return smoke_overrides(out, model_dir, train_file, val_file, args)
+
+
+def cluster_overrides(out: Path, args: argparse.Namespace) -> list[str]:
+    """:func:`prepare`'s overrides without :data:`LOCAL_RAY_KEYS`, for a smoke run on an existing Ray cluster.
+
+    Every Ray node of that cluster must run the CPU backend and lend Ray a logical GPU: ``SPRO_CPU_BACKEND=1`` in
+    scripts/slurm_train.sbatch and scripts/ray_cluster.sh does both.
+    """
+    return [o for o in prepare(out, args) if _override_key(o) not in LOCAL_RAY_KEYS]
 
 
 def _override_key(override: str) -> str:
@@ -338,6 +464,7 @@ def trainer_env(out: Path, ray_tmp: Path) -> dict[str, str]:
         RAY_USAGE_STATS_ENABLED="0",
         PYTHONUNBUFFERED="1",
     )
+    env.setdefault(VLLM_KV_CACHE_ENV, VLLM_KV_CACHE_GIB)  # read by vLLM only (--rollout vllm)
     return env
 
 
@@ -416,6 +543,7 @@ def run_trainer(command: list[str], out: Path, steps: int, timeout_s: int) -> in
     print(f"{PROG}: main_ppo on the CPU, {steps} step(s); verl's log: {log_path}", flush=True)
     start = last_progress = time.time()
     offset, done, rc, reported = 0, 0, None, False
+    leftovers = ShmLeftovers()
     with open(log_path, "wb") as log:
         log.write((" ".join(command) + "\n").encode())
         log.flush()
@@ -427,6 +555,8 @@ def run_trainer(command: list[str], out: Path, steps: int, timeout_s: int) -> in
             while rc is None:
                 time.sleep(1.0)
                 rc = proc.poll()
+                if int(time.time() - start) % 5 == 0:
+                    leftovers.scan([proc.pid, *_own_pids(str(ray_tmp))])
                 records, offset = _read_new_steps(metrics, offset)
                 for record in records:
                     print(progress_line(record, steps), flush=True)
@@ -440,7 +570,11 @@ def run_trainer(command: list[str], out: Path, steps: int, timeout_s: int) -> in
             rc, reported = 130, True
         finally:
             signal.signal(signal.SIGTERM, previous_sigterm)
+            leftovers.scan([proc.pid, *_own_pids(str(ray_tmp))])
             stop_run(proc, str(ray_tmp))
+            removed = leftovers.remove()
+            if removed:
+                print(f"{PROG}: removed {len(removed)} /dev/shm file(s) this run left: {', '.join(removed)}")
             if remove_ray_tmp:
                 shutil.rmtree(ray_tmp, ignore_errors=True)
     if rc == 0:
