@@ -62,6 +62,7 @@ from verl_spro.dataproto_adapter import (
 )
 from verl_spro.estimator import SproInputError
 from verl_spro.import_hooks import HookFailure, when_imported
+from verl_spro.metrics import CollapseWatch
 
 __all__ = [
     "HOOKS",
@@ -338,6 +339,19 @@ def _hook_validate_config(config_module: ModuleType) -> None:
     _replace(config_module, "validate_config", ("config", "use_reference_policy"), make)
 
 
+#: The legacy trainer's run (one per process; its metrics pass through ``compute_data_metrics`` once per step); the
+#: V1 trainer keeps its own on the trainer object, under ``_WATCH_ATTR``.
+_legacy_watch = CollapseWatch()
+_WATCH_ATTR = "_verl_spro_collapse_watch"
+
+
+def _watch(watch: CollapseWatch, spro_metrics: dict[str, float]) -> None:
+    """Feed one training step's ``spro/*`` metrics to ``watch``; its warning, once, goes to verl's log."""
+    message = watch.observe(spro_metrics)
+    if message is not None:
+        logger.warning(message)
+
+
 def _hook_compute_data_metrics(metric_utils: ModuleType) -> None:
     from verl_spro.dataproto_adapter import SPRO_METRICS_KEY
 
@@ -345,7 +359,9 @@ def _hook_compute_data_metrics(metric_utils: ModuleType) -> None:
         @functools.wraps(original)
         def compute_data_metrics(batch: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
             metrics = original(batch, *args, **kwargs)
-            metrics.update(getattr(batch, "meta_info", {}).get(SPRO_METRICS_KEY, {}))
+            spro = getattr(batch, "meta_info", {}).get(SPRO_METRICS_KEY, {})
+            metrics.update(spro)
+            _watch(_legacy_watch, spro)
             return metrics
 
         return compute_data_metrics
@@ -364,6 +380,10 @@ def _hook_v1_trainer(trainer_base: ModuleType) -> None:
             with collect_spro_metrics() as sink:
                 result = original(self, batch, metrics)
             metrics.update(sink)
+            if sink:
+                if getattr(self, _WATCH_ATTR, None) is None:
+                    setattr(self, _WATCH_ATTR, CollapseWatch())
+                _watch(getattr(self, _WATCH_ATTR), sink)
             return result
 
         return _compute_advantage
