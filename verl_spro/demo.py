@@ -8,7 +8,8 @@ reference policy that SPRO's intrinsic reward compares against.
 
 Writes ``OUT/metrics.csv`` (one row per estimator, seed and step) and a PNG of accuracy (sampled and greedy),
 entropy, response length and SPRO's two advantage terms against step (mean over seeds with a ± std band), and
-prints a summary table with the SPRO - GRPO differences and their bootstrap intervals over seeds.
+prints a summary table with the SPRO - GRPO differences and their paired t-intervals over seeds
+(:mod:`verl_spro.stats`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from verl_spro.argtypes import positive_int
 from verl_spro.output_files import OutputPathError, atomic_write, check_out_dir, one_line
+from verl_spro.stats import INTERVAL, MIN_SEEDS_FOR_INTERVAL, paired_difference, verdict
 from verl_spro.tiny_lm import SORT, Task
 
 if TYPE_CHECKING:
@@ -461,7 +463,6 @@ def run_demo(hp: Hyper, seeds: list[int], threads: int = 1, show_progress: bool 
 # ---------------------------------------------------------------------------------------------------- reports
 
 ROLLING = 10  # steps: "final acc" and "steps to target" both read the 10-step rolling sampled accuracy
-MIN_SEEDS_FOR_INTERVAL = 3  # with 1 or 2 seeds a bootstrap over seeds has 1 or 3 possible means: no interval
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -501,41 +502,6 @@ def _per_run(rows: list[dict[str, Any]], hp: Hyper):
             }
         )
     return pd.DataFrame(out)
-
-
-def bootstrap_mean_ci(values: Any, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the mean of ``values`` ([n] floats, resampled with replacement).
-
-    NaN bounds for fewer than :data:`MIN_SEEDS_FOR_INTERVAL` values: too few to resample.
-    """
-    import numpy as np
-
-    values = np.asarray(values, dtype=float)
-    if len(values) < MIN_SEEDS_FOR_INTERVAL:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
-
-
-def paired_difference(a: Any, b: Any) -> tuple[float, float, float]:
-    """Mean of ``a - b`` over seeds ([n] each, paired by position) and its 95% bootstrap interval (low, high)."""
-    import numpy as np
-
-    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    return (float(diff.mean()), *bootstrap_mean_ci(diff))
-
-
-def verdict(low: float, high: float) -> str:
-    """What a 95% interval of a difference A - B says: ``A higher``, ``A lower``, ``within noise`` or no interval."""
-    if low != low or high != high:  # NaN: too few seeds
-        return f"no interval (fewer than {MIN_SEEDS_FOR_INTERVAL} seeds)"
-    if low > 0:
-        return "higher"
-    if high < 0:
-        return "lower"
-    return "within noise (the interval contains 0)"
 
 
 def summary_table(rows: list[dict[str, Any]], hp: Hyper) -> str:
@@ -588,7 +554,7 @@ def summary_table(rows: list[dict[str, Any]], hp: Hyper) -> str:
             for col in ("final_accuracy", "final_eval_accuracy"):
                 diff, low, high = paired_difference(wide[col]["spro"], wide[col]["grpo"])
                 parts.append(f"{cols[col]} {diff:+.3f} [{low:+.3f}, {high:+.3f}]: {verdict(low, high)}")
-            lines.append(f"SPRO - GRPO, paired by seed, 95% bootstrap interval over {n_seeds} seeds:")
+            lines.append(f"SPRO - GRPO, paired by seed, {INTERVAL} over {n_seeds} seeds:")
             lines += [f"  {p}" for p in parts]
     return "\n".join(lines)
 

@@ -8,7 +8,7 @@ same seeds, data, hyper-parameters and steps. The protocol (docs/sweep/PROTOCOL.
 
 Writes to OUT: ``steps.csv`` (every run and step), ``warmups.csv`` (one row per task and seed), ``runs.csv`` (the
 measures of every run), ``summary.csv`` (per task, beta and measure: the difference to GRPO, paired by seed, with
-a 95% bootstrap interval over seeds) and ``sweep.png``; prints the summary table.
+a 95% paired t-interval over seeds, :mod:`verl_spro.stats`) and ``sweep.png``; prints the summary table.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import os
+import queue
+import signal
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -27,14 +30,13 @@ from verl_spro.demo import (
     Hyper,
     TrainingDiverged,
     check_first_seed,
-    paired_difference,
     positive_threads,
     save_figure,
     usable_cpus,
-    verdict,
     write_csv,
 )
 from verl_spro.output_files import OutputPathError, check_out_dir, one_line
+from verl_spro.stats import INTERVAL, paired_difference, verdict
 from verl_spro.tiny_lm import TASKS
 
 if TYPE_CHECKING:
@@ -139,7 +141,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``verl-spro sweep``. Returns the exit code (2 on bad arguments, 130 when interrupted)."""
+    """Entry point of ``verl-spro sweep``. Returns the exit code (2 on bad arguments, 130 when interrupted by
+    Ctrl-C, 143 when stopped by SIGTERM; either stops the workers and keeps the finished units)."""
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     problem = check_first_seed(args.first_seed, args.seeds) or check_out_dir(args.out, files=OUTPUT_FILES)
     if problem is not None:
         print(f"verl-spro sweep: error: {problem}", file=sys.stderr)
@@ -164,9 +175,10 @@ def run(args: argparse.Namespace) -> int:
     t0, cpu0 = time.time(), time.process_time()
     try:
         warmups, steps = run_sweep(hp, args.tasks, args.betas, seeds, workers, out=args.out)
-    except KeyboardInterrupt:
-        print(f"verl-spro sweep: interrupted; the finished (task, seed) units are in {args.out}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+        print(f"verl-spro sweep: {how}; the finished (task, seed) units are in {args.out}", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except TrainingDiverged as exc:
         print(
             f"verl-spro sweep: error: training diverged: {exc}; the finished (task, seed) units are in {args.out}",
@@ -187,11 +199,21 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, OutputPathError, KeyboardInterrupt) as exc:
         why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"cannot write to {args.out}: {one_line(exc)}"
         print(f"verl-spro sweep: error: {why}; steps.csv and warmups.csv are complete", file=sys.stderr)
-        return 130 if isinstance(exc, KeyboardInterrupt) else 2
+        if isinstance(exc, KeyboardInterrupt):
+            return 143 if isinstance(exc, Terminated) else 130
+        return 2
     wall = time.time() - t0
     cpu = time.process_time() - cpu0 + _children_cpu()
     print(f"wrote {args.out}/{{steps,warmups,runs,summary}}.csv  (wall {wall:.0f} s, CPU {cpu:.0f} s)")
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the workers are stopped and what is finished is kept."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise Terminated
 
 
 def _children_cpu() -> float:
@@ -205,9 +227,11 @@ def _children_cpu() -> float:
 
 
 def run_unit(
-    task_name: str, seed: int, hp: Hyper, betas: tuple[float, ...], threads: int = 1
+    task_name: str, seed: int, hp: Hyper, betas: tuple[float, ...], threads: int = 1, progress: Any = None
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """One task and seed: one warm-up shared by every arm, then RL in each arm. Returns (warm-up row, step rows)."""
+    """One task and seed: one warm-up shared by every arm, then RL in each arm. Returns (warm-up row, step rows).
+
+    ``progress.update(1)`` is called after every RL step (``train_rl``'s tqdm-style progress)."""
     import warnings
 
     from verl_spro.demo import torch_settings, train_rl, warm_up
@@ -222,20 +246,105 @@ def run_unit(
         warmup = {"task": task_name, "seed": seed, "sft_steps": sft_steps, "sampled_accuracy": start_accuracy}
         for arm in arms(betas):
             arm_hp = hp if arm.estimator == "grpo" else replace(hp, beta=arm.beta)
-            for row in train_rl(arm.estimator, arm_hp, seed, init_state, task=task):
+            for row in train_rl(arm.estimator, arm_hp, seed, init_state, progress=progress, task=task):
                 rows.append({"task": task_name, "arm": arm.name, "beta": arm.beta, **row})
     warmup["seconds"] = time.time() - t0
     return warmup, rows
 
 
-def _ignore_sigint() -> None:
-    import signal
+class _QueueProgress:
+    """A worker's ``train_rl`` progress: each RL step goes to the parent through a queue."""
 
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+
+    def update(self, n: int = 1) -> None:
+        self.queue.put(n)
+
+    def set_postfix(self, **_: Any) -> None:
+        pass
+
+
+_worker_progress: _QueueProgress | None = None
+
+
+def _init_worker(queue: Any, parent: int) -> None:
+    """Pool worker start: Ctrl-C and SIGTERM are the parent's to handle (it stops the workers); a worker whose
+    parent dies, even by SIGKILL, gets SIGTERM from the kernel (Linux) instead of computing on for nobody."""
+
+    global _worker_progress
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _worker_progress = _QueueProgress(queue)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the line above: nobody would read the results
+        os._exit(1)
 
 
 def _run_unit_star(unit: tuple[str, int, Hyper, tuple[float, ...]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    return run_unit(*unit)
+    return run_unit(*unit, progress=_worker_progress)
+
+
+def _duration(seconds: float) -> str:
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+class SweepProgress:
+    """RL steps and units done out of the total, elapsed time and an ETA, printed every ``every`` seconds (the
+    first line after ``every`` seconds: a unit, warm-up and four arms, takes minutes)."""
+
+    def __init__(
+        self,
+        total_steps: int,
+        total_units: int,
+        every: float = 30.0,
+        clock: Any = time.monotonic,
+        say: Any = print,
+    ) -> None:
+        self.total_steps, self.total_units, self.every = total_steps, total_units, every
+        self.clock, self.say = clock, say
+        self.steps = self.units = 0
+        self.start = clock()
+        self.next_line = self.start + every
+
+    def update(self, n: int = 1) -> None:
+        self.steps += n
+        self.tick()
+
+    def set_postfix(self, **_: Any) -> None:
+        pass
+
+    def unit_done(self) -> None:
+        self.units += 1
+
+    def line(self) -> str:
+        elapsed = self.clock() - self.start
+        if self.steps:
+            eta = f"ETA {_duration(elapsed * (self.total_steps - self.steps) / self.steps)}"
+        else:
+            eta = "ETA after the first RL step (warming up)"
+        percent = 100 * self.steps / max(self.total_steps, 1)
+        return (
+            f"sweep: {self.steps}/{self.total_steps} RL steps ({percent:.0f}%), {self.units}/{self.total_units} "
+            f"units done; elapsed {_duration(elapsed)}, {eta}"
+        )
+
+    def tick(self) -> None:
+        """Print the progress line if it is due."""
+        if self.clock() >= self.next_line:
+            self.say(self.line(), flush=True)
+            self.next_line = self.clock() + self.every
 
 
 def run_sweep(
@@ -245,8 +354,11 @@ def run_sweep(
     seeds: list[int],
     workers: int = 1,
     out: Path | None = None,
+    progress_every: float = 30.0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every (task, seed) unit, on ``workers`` processes of one torch thread each. Returns (warm-ups, step rows).
+
+    A progress line (RL steps and units done, elapsed, ETA) every ``progress_every`` seconds.
 
     With ``out``, ``warmups.csv`` and ``steps.csv`` are rewritten after every finished unit, so an interrupted
     sweep keeps what it finished.
@@ -274,19 +386,52 @@ def run_sweep(
             write_csv(sorted(warmups, key=lambda w: (w["task"], w["seed"])), out / "warmups.csv")
             write_csv(rows, out / "steps.csv")
 
+    progress = SweepProgress(len(units) * len(arms(betas)) * hp.steps, len(units), every=progress_every)
     if workers == 1:
         for task_name, seed in units:
-            record(*run_unit(task_name, seed, hp, betas))
+            record(*run_unit(task_name, seed, hp, betas, progress=progress))
+            progress.unit_done()
     else:
         # spawn: a fork of a process that already ran torch can deadlock in its thread pools. The workers ignore
-        # SIGINT: Ctrl-C reaches the parent alone, which then stops them (terminate), instead of a traceback each.
-        pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_ignore_sigint)
+        # SIGINT: Ctrl-C (and SIGTERM, turned into KeyboardInterrupt by `run`) reaches the parent alone, which then
+        # stops them (terminate), instead of a traceback each.
+        context = multiprocessing.get_context("spawn")
+        steps_done = context.Queue()
+        pool = context.Pool(workers, initializer=_init_worker, initargs=(steps_done, os.getpid()))
+        stopped = True
         try:
-            for result in pool.imap_unordered(_run_unit_star, [(t, s, hp, betas) for t, s in units]):
-                record(*result)
+            results = pool.imap_unordered(_run_unit_star, [(t, s, hp, betas) for t, s in units])
+            while True:
+                try:
+                    result = results.next(timeout=1.0)
+                except multiprocessing.TimeoutError:
+                    result = None
+                except StopIteration:
+                    break
+                while not steps_done.empty():
+                    progress.update(steps_done.get_nowait())
+                if result is not None:
+                    progress.unit_done()
+                    record(*result)
+                progress.tick()
+            # The last steps' reports may trail the last result (another pipe): collect them for the final count.
+            while progress.steps < progress.total_steps:
+                try:
+                    progress.update(steps_done.get(timeout=1.0))
+                except queue.Empty:
+                    break
+            stopped = False
         finally:
+            children = multiprocessing.active_children()
             pool.terminate()
             pool.join()
+            if stopped and children:
+                print(
+                    f"verl-spro sweep: stopped {len(children)} worker process(es) "
+                    f"(pid {', '.join(str(pid) for pid in sorted(c.pid for c in children))})",
+                    file=sys.stderr,
+                    flush=True,
+                )
     steps = pd.DataFrame(rows).sort_values(["task", "arm", "seed", "step"], kind="stable").reset_index(drop=True)
     if out is not None:
         write_csv(steps.to_dict("records"), out / "steps.csv")
@@ -390,8 +535,8 @@ def summary_table(summary: pd.DataFrame, warmups: pd.DataFrame) -> str:
             f"{row.grpo:8.3f}  {f'{row.diff:+.3f}{ci}':<26}{verdict(row.ci_low, row.ci_high)}"
         )
     lines.append(
-        "mean over seeds; difference paired by seed with a 95% percentile bootstrap interval over seeds; steps to "
-        "target: a run that never reaches it counts as steps+1."
+        f"mean over seeds; difference paired by seed with a {INTERVAL} over seeds; steps to target: a run that "
+        "never reaches it counts as steps+1."
     )
     return "\n".join(lines)
 
@@ -421,7 +566,7 @@ def plot(summary: pd.DataFrame, out: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     n_seeds = int(summary["seeds"].max())
-    fig.suptitle(f"Difference to GRPO, mean and 95% bootstrap interval over {n_seeds} paired seed(s)")
+    fig.suptitle(f"Difference to GRPO, mean and {INTERVAL} over {n_seeds} paired seed(s)")
     fig.tight_layout()
     path = out / "sweep.png"
     save_figure(fig, path)
