@@ -70,7 +70,7 @@ else
     # The CPU build first: a later requirement `torch>=...` is then already satisfied and no CUDA build is pulled.
     "${pip[@]}" install -q "torch==2.13.0"
     "${pip[@]}" install -q "verl[verl-core]==0.9.1"
-    "${pip[@]}" install -q -e "${repo}[test,megatron-cpu]"
+    "${pip[@]}" install -q -e "${repo}[tools,test,megatron-cpu]"
 fi
 # verl-core pulls torchcodec, whose wheel needs FFmpeg/CUDA libraries a CPU box may lack; nothing here uses it.
 if ! "$venv/bin/python" -c "import torchcodec" >/dev/null 2>&1; then

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 import warnings
 from collections.abc import Sequence
@@ -23,6 +24,21 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("verl_spro.data_prep", "turn JSONL/parquet math and code problems into verl's parquet schema"),
     "smoke": ("verl_spro.smoke", "verl's real main_ppo end to end on this CPU: a tiny model, N steps, checkpoints"),
 }
+
+
+#: subcommand -> what it needs from the ``[tools]`` extra beyond the plain install (which has what training needs).
+TOOLS_EXTRA: dict[str, tuple[str, ...]] = {"demo": ("matplotlib",), "sweep": ("matplotlib",), "bench": ("matplotlib",)}
+
+
+def missing_tools(command: str) -> str | None:
+    """Why ``command`` cannot run in this environment (its ``[tools]`` packages are absent), in one line, or None."""
+    missing = [name for name in TOOLS_EXTRA.get(command, ()) if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    return (
+        f"verl-spro {command} needs {', '.join(missing)}, which the plain install leaves out (it has what training "
+        'needs): pip install "verl-spro[tools]"'
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
+        return 2
+    problem = missing_tools(args.command)
+    if problem is not None:
+        print(problem, file=sys.stderr)
         return 2
     # Importing verl on a CPU box warns about every optional engine it lacks (Apex, torchtitan, ...): noise here.
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(megatron|verl|transformer_engine)(\.|$)")
