@@ -21,8 +21,9 @@ def test_bench_quick_writes_csv_and_png_with_every_method(tmp_path: Path, capsys
         assert tuple(reader.fieldnames or ()) == bench.CSV_COLUMNS
         rows = list(reader)
     assert (tmp_path / "bench.png").stat().st_size > 0
-    # 2 dtypes x 2 batch sizes, each with every method, all measured.
-    assert len(rows) == 2 * 2 * len(bench.METHODS)
+    # 2 dtypes x 2 batch sizes x 2 row layouts, each with every method, all measured.
+    assert len(rows) == 2 * 2 * 2 * len(bench.METHODS)
+    assert {row["layout"] for row in rows} == set(bench.LAYOUTS)
     assert {row["method"] for row in rows} == set(bench.METHODS)
     assert {row["dtype"] for row in rows} == {"fp32", "bf16"}
     for row in rows:

@@ -411,7 +411,7 @@ def test_cuda_tensors_give_the_cpu_result_on_the_gpu() -> None:
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_cuda_fast_path_matches_the_float64_loop_at_32k(dtype: torch.dtype, shuffle: bool) -> None:
-    """verl's layouts on the GPU: equal consecutive groups (block path) and rows shuffled (general path)."""
+    """verl's layouts on the GPU: equal consecutive groups and rows shuffled."""
     inputs = make_batch([4, 4, 4], 32768, seed=6, padding_rows=2)
     inputs["response_mask"][0] = 1.0
     if shuffle:

@@ -23,7 +23,7 @@ from verl.trainer.ppo.v1 import utils as v1_utils
 
 from verl_spro.config import SproConfigError
 from verl_spro.dataproto_adapter import SPRO_METRICS_KEY
-from verl_spro.estimator import SproInputError, _block_layout, group_ids
+from verl_spro.estimator import SproInputError, group_ids
 from verl_spro.verl_hooks import SUPPORTED_VERL, SUPPORTED_VERL_RANGE
 
 METRIC_KEYS = {
@@ -308,6 +308,23 @@ def test_v1_multi_output_sessions_match_the_loop_reference(msa_norm_by_std: bool
     assert METRIC_KEYS <= set(out.meta_info[SPRO_METRICS_KEY])
 
 
+def _block_layout(gid: torch.Tensor, active_rows: torch.Tensor) -> tuple[int, int]:
+    """``(n_blocks, k)`` when the rows up to the last active one form blocks of ``k`` rows, one group per block;
+    ``(0, 0)`` otherwise (the legacy trainer's layout, which the estimator once served by a separate path)."""
+    active = active_rows.nonzero().flatten()
+    if active.numel() == 0:
+        return 0, 0
+    lead = gid[: int(active[-1]) + 1]
+    run_ends = (lead[1:] != lead[:-1]).nonzero().flatten()
+    k = int(run_ends[0]) + 1 if run_ends.numel() else lead.numel()
+    if lead.numel() % k:
+        return 0, 0
+    blocks = lead.view(-1, k)
+    if not bool((blocks == blocks[:, :1]).all()) or blocks[:, 0].unique().numel() != blocks.shape[0]:
+        return 0, 0
+    return blocks.shape[0], k
+
+
 def long_data(layout: str, dtype: torch.dtype, length: int = 32768) -> DataProto:
     """verl's layouts at long T: ``blocks`` (each prompt's n samples consecutive, padding rows at the end: the
     legacy trainer's layout) or ``balanced`` (rows in no group order, padding rows inside: the V1 trainer's, whose
@@ -326,8 +343,8 @@ def long_data(layout: str, dtype: torch.dtype, length: int = 32768) -> DataProto
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("msa_norm_by_std", [False, True])
 def test_long_responses_through_verl_match_the_float64_loop(layout, dtype, msa_norm_by_std) -> None:
-    """T = 32k, half-precision log-probs, both layouts verl produces (the first takes the block fast path, the
-    second the general one): within 1e-4 relative of the float64 loop on the same rounded inputs.
+    """T = 32k, half-precision log-probs, both layouts verl produces (consecutive groups, and groups
+    scattered with padding rows inside): within 1e-4 relative of the float64 loop on the same rounded inputs.
 
     With ``msa_norm_by_std`` a position where the active members' CPRs nearly tie (std ~ 1e-6, at the fp32
     resolution of CPRs of size ~10) amplifies the fp32 rounding by 1/(std + eps): the bound is checked where the

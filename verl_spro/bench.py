@@ -1,9 +1,12 @@
 """Time and memory of SPRO against verl's own estimators, through verl's real ``compute_advantage``.
 
-For each batch shape ``B x T`` (group size ``G``, input dtype fp32 or bf16) the same inputs go through
+For each batch shape ``B x T`` (group size ``G``, input dtype fp32 or bf16, row layout) the same inputs go through
 ``verl.trainer.ppo.ray_trainer.compute_advantage`` with ``adv_estimator`` = ``spro``, ``grpo`` and
 ``grpo_vectorized``, through ``compute_spro_advantage`` alone (the estimator without verl's wrapper, the config
 parsing and the metrics), and through a read pass that sums each input tensor once (the memory-bound floor).
+Row layouts (``--layouts``, both by default): ``blocks``, each prompt's ``G`` rows consecutive (the legacy
+trainer's layout), and ``spread``, the rows of a group scattered by a seeded permutation (the V1 trainer's: rows in
+TransferQueue order, reordered by its sequence-length balancing).
 Methods are interleaved: each repeat runs every method once, in turn, so that drifting machine load hits all
 of them alike; each method's best and median over the repeats are reported.
 
@@ -44,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from verl_spro.argtypes import finite_float_above, int_in_range
-from verl_spro.output_files import check_out_dir
+from verl_spro.output_files import OutDirLock, claim_out_dir, out_path
 
 __all__ = ["CSV_COLUMNS", "METHODS", "add_arguments", "run"]
 
@@ -58,6 +61,7 @@ CSV_COLUMNS = (
     "batch",
     "length",
     "group",
+    "layout",
     "method",
     "status",
     "threads",
@@ -77,6 +81,7 @@ NOISE_THRESHOLD = 0.25
 _MAX_SIZE = 2**31 - 1
 _MAX_REPEATS = 10_000
 
+LAYOUTS = ("blocks", "spread")
 FULL_GRID = {"batch_sizes": [256, 1024, 4096], "lengths": [1024, 4096, 16384], "group_sizes": [4, 8, 16]}
 #: The default grid: every B and T of the full grid with B*T up to 16M elements (64 MiB per fp32 tensor), G=8.
 DEFAULT_GRID = {**FULL_GRID, "group_sizes": [8], "max_elements": 4096 * 4096}
@@ -90,7 +95,14 @@ _WORK_BYTES_PER_ELEMENT = 8 * 4
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``verl-spro bench`` options."""
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the tensors live")
-    parser.add_argument("--out", type=Path, default=Path("bench_out"), help="folder for bench.csv and bench.png")
+    parser.add_argument(
+        "--out", type=out_path("--out"), default=Path("bench_out"), help="folder for bench.csv and bench.png"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the results of an earlier run in --out (without it such an --out is refused)",
+    )
     grid = parser.add_mutually_exclusive_group()
     grid.add_argument("--quick", action="store_true", help="tiny grid, 3 repeats: a smoke run of a few seconds")
     grid.add_argument(
@@ -113,6 +125,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["fp32", "bf16"],
         default=["fp32", "bf16"],
         help="dtype of rewards and log-probs (the mask keeps --mask-dtype)",
+    )
+    parser.add_argument(
+        "--layouts",
+        nargs="+",
+        choices=LAYOUTS,
+        default=list(LAYOUTS),
+        help="row layouts: blocks (each group's rows consecutive) and spread (a group's rows scattered, as verl's V1 "
+        "trainer may deliver them)",
     )
     parser.add_argument(
         "--mask-dtype",
@@ -163,8 +183,11 @@ def _torch_dtype(name: str) -> Any:
     }[name]
 
 
-def make_inputs(batch: int, length: int, group: int, dtype: str, mask_dtype: str, device: str, seed: int) -> dict:
-    """A verl-like batch: right-padded responses of random lengths, a 0/1 reward at EOS, ``B/G`` prompt groups.
+def make_inputs(
+    batch: int, length: int, group: int, dtype: str, mask_dtype: str, device: str, seed: int, layout: str = "blocks"
+) -> dict:
+    """A verl-like batch: right-padded responses of random lengths, a 0/1 reward at EOS, ``B/G`` prompt groups
+    whose rows are consecutive (``layout="blocks"``) or scattered by a permutation seeded by ``seed`` (``"spread"``).
 
     Returns:
         ``{"tensors": {name: [B, T] tensor}, "uid": [B] object array}`` with verl's batch keys
@@ -185,7 +208,8 @@ def make_inputs(batch: int, length: int, group: int, dtype: str, mask_dtype: str
     rewards = torch.randint(0, 2, (batch,), generator=gen).to(_torch_dtype(dtype))
     tensors["token_level_rewards"][torch.arange(batch), lengths - 1] = rewards
     tensors = {name: t.to(device) for name, t in tensors.items()}
-    uid = np.array([f"prompt-{row // group}" for row in range(batch)], dtype=object)
+    order = torch.randperm(batch, generator=gen).tolist() if layout == "spread" else range(batch)
+    uid = np.array([f"prompt-{row // group}" for row in order], dtype=object)
     return {"tensors": tensors, "uid": uid}
 
 
@@ -322,6 +346,7 @@ class Combo:
     batch: int
     length: int
     group: int
+    layout: str = "blocks"
     times: dict[str, list[float]] = field(default_factory=dict)
     memory: dict[str, int] = field(default_factory=dict)
     status: str = "ok"
@@ -380,7 +405,7 @@ def measure(combo: Combo, args: argparse.Namespace, limit_bytes: int, memory: bo
         return
     try:
         inputs = make_inputs(
-            combo.batch, combo.length, combo.group, combo.dtype, args.mask_dtype, args.device, args.seed
+            combo.batch, combo.length, combo.group, combo.dtype, args.mask_dtype, args.device, args.seed, combo.layout
         )
         methods = {name: fns for name, fns in _make_methods(inputs).items() if name in args.methods}
         if "spro" in methods:  # once, untimed: the spro call really went through verl-spro's wrapper
@@ -424,6 +449,7 @@ def _rows(combos: list[Combo], args: argparse.Namespace, threads: int) -> list[d
             "batch": combo.batch,
             "length": combo.length,
             "group": combo.group,
+            "layout": combo.layout,
             "threads": threads,
         }
         if combo.status != "ok":
@@ -474,11 +500,11 @@ def report(combos: list[Combo], threshold: float = NOISE_THRESHOLD) -> list[str]
     lists the noisy shapes."""
     lines = [
         f"{'dtype':5} {'B':>5} {'T':>6} {'G':>3} {'spro ms':>9} {'grpo ms':>9} {'read ms':>8} "
-        f"{'spro/grpo':>9} {'spro/gvec':>9} {'spro/read':>9} {'est/read':>8} {'mem/BT4':>7} {'grpo mem':>8}"
+        f"{'spro/grpo':>9} {'spro/gvec':>9} {'spro/read':>9} {'est/read':>8} {'mem/BT4':>7} {'grpo mem':>8} layout"
     ]
     for c in combos:
         if c.status != "ok":
-            lines.append(f"{c.dtype:5} {c.batch:>5} {c.length:>6} {c.group:>3} {c.status}: {c.note}")
+            lines.append(f"{c.dtype:5} {c.batch:>5} {c.length:>6} {c.group:>3} {c.layout} {c.status}: {c.note}")
             continue
         t = c.times
 
@@ -493,44 +519,43 @@ def report(combos: list[Combo], threshold: float = NOISE_THRESHOLD) -> list[str]
             f"{c.dtype:5} {c.batch:>5} {c.length:>6} {c.group:>3} {ms('spro'):>9} {ms('grpo'):>9} "
             f"{ms('read_pass'):>8} {ratio('spro', 'grpo'):>9} {ratio('spro', 'grpo_vectorized'):>9} "
             f"{ratio('spro', 'read_pass'):>9} {ratio('spro_estimator_only', 'read_pass'):>8} {mem.get('spro', '-'):>7} "
-            f"{mem.get('grpo', '-'):>8}"
+            f"{mem.get('grpo', '-'):>8} {c.layout}"
         )
     lines.append("")
     noisy = [c for c in combos if c.status == "ok" and c.noisy(threshold)]
     if noisy:
         worst = max(spread(t) for c in noisy for t in c.times.values())
         shapes = ", ".join(
-            f"{c.dtype} {c.batch}x{c.length} G={c.group} ({', '.join(c.noisy(threshold))})" for c in noisy
+            f"{c.dtype} {c.batch}x{c.length} G={c.group} ({', '.join(c.noisy(threshold))}) {c.layout}" for c in noisy
         )
         lines.append(
             f"WARNING: noisy measurements in {len(noisy)} of {sum(c.status == 'ok' for c in combos)} shape(s): "
             f"median more than {threshold:.0%} above best (worst {worst:.0%}); their ratios (marked ?) are not "
             f"results, rerun on a quieter machine: {shapes}"
         )
-    for dtype in sorted({c.dtype for c in combos}):
-        for group in sorted({c.group for c in combos}):
-            ok = [c for c in combos if c.status == "ok" and c.dtype == dtype and c.group == group]
-            slopes = {}
-            for method in METHODS:
-                points = [(c.elements, min(c.times[method])) for c in ok if method in c.times]
-                slopes[method] = loglog_slope(points)
-            text = ", ".join(f"{m} {s:.3f}" for m, s in slopes.items() if not math.isnan(s))
-            if text:
-                lines.append(f"log-log slope of best time vs B*T ({dtype}, G={group}): {text}")
+    for dtype, group, layout in sorted({(c.dtype, c.group, c.layout) for c in combos}):
+        ok = [c for c in combos if c.status == "ok" and (c.dtype, c.group, c.layout) == (dtype, group, layout)]
+        slopes = {}
+        for method in METHODS:
+            points = [(c.elements, min(c.times[method])) for c in ok if method in c.times]
+            slopes[method] = loglog_slope(points)
+        text = ", ".join(f"{m} {s:.3f}" for m, s in slopes.items() if not math.isnan(s))
+        if text:
+            lines.append(f"log-log slope of best time vs B*T ({dtype}, G={group}, {layout}): {text}")
     return lines
 
 
 def plot(combos: list[Combo], path: Path, title: str) -> None:
-    """Best time against ``B*T``, log-log, one line per method; one panel per dtype (largest group count used)."""
+    """Best time against ``B*T``, log-log, one line per method; one panel per dtype and layout (G=8 where run)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    dtypes = sorted({c.dtype for c in combos}) or ["fp32"]
-    fig, axes = plt.subplots(1, len(dtypes), figsize=(6 * len(dtypes), 4.5), squeeze=False)
-    for ax, dtype in zip(axes[0], dtypes, strict=True):
-        ok = [c for c in combos if c.status == "ok" and c.dtype == dtype]
+    panels = sorted({(c.dtype, c.layout) for c in combos}) or [("fp32", "blocks")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (dtype, layout) in zip(axes[0], panels, strict=True):
+        ok = [c for c in combos if c.status == "ok" and (c.dtype, c.layout) == (dtype, layout)]
         group = 8 if any(c.group == 8 for c in ok) else (ok[0].group if ok else 0)
         for method in METHODS:
             points = sorted(
@@ -546,7 +571,7 @@ def plot(combos: list[Combo], path: Path, title: str) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("B * T (elements per [B, T] tensor)")
         ax.set_ylabel("best time per call (ms)")
-        ax.set_title(f"{dtype} inputs, G={group}")
+        ax.set_title(f"{dtype} inputs, G={group}, {layout} rows")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
@@ -589,11 +614,12 @@ def _grid(args: argparse.Namespace) -> list[Combo]:
         for group in group_sizes:
             for batch in batch_sizes:
                 for length in lengths:
-                    combo = Combo(dtype, batch, length, group)
-                    if max_elements is not None and combo.elements > max_elements:
-                        combo.status = "skipped"
-                        combo.note = f"B*T > {max_elements} in the default grid: run with --full"
-                    combos.append(combo)
+                    for layout in args.layouts:
+                        combos.append(Combo(dtype, batch, length, group, layout))
+    for combo in combos:
+        if max_elements is not None and combo.elements > max_elements:
+            combo.status = "skipped"
+            combo.note = f"B*T > {max_elements} in the default grid: run with --full"
     return combos
 
 
@@ -604,15 +630,18 @@ def _load_average() -> float:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark; returns 0, 1 when ``--device cuda`` has no GPU, 2 for an unusable ``--out``, 130 on Ctrl-C."""
-    problem = check_out_dir(args.out, files=("bench.csv", "bench.png"))
-    if problem:
-        print(f"verl-spro bench: {problem}", file=sys.stderr)
+    outputs = ("bench.csv", "bench.png")
+    claim = claim_out_dir(args.out, files=outputs, earlier=outputs, replace=args.force)
+    if not isinstance(claim, OutDirLock):
+        print(f"verl-spro bench: error: {claim}", file=sys.stderr)
         return 2
     try:
         return _run(args)
     except KeyboardInterrupt:
         print(f"verl-spro bench: interrupted; nothing written to {args.out}", file=sys.stderr)
         return 130
+    finally:
+        claim.release()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -644,7 +673,7 @@ def _run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         measure(combo, args, limit, memory)
         done = f"{time.perf_counter() - t0:.1f}s" if combo.status == "ok" else f"{combo.status}: {combo.note}"
-        print(f"  {combo.dtype} B={combo.batch} T={combo.length} G={combo.group}: {done}", flush=True)
+        print(f"  {combo.dtype} B={combo.batch} T={combo.length} G={combo.group} {combo.layout}: {done}", flush=True)
 
     csv_path, png_path = args.out / "bench.csv", args.out / "bench.png"
     try:

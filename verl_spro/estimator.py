@@ -10,9 +10,10 @@ frozen reference policy. For a batch of ``B`` responses padded to ``T`` tokens, 
 4. outcome advantage         verl's GRPO on ``score[i] = sum_t token_level_rewards[i,t]``
 5. final                     ``advantages[i,t] = m[i,t] * (outcome[i] + msa[i,t])``
 
-Everything is vectorised over rows and positions: one cumsum, group sums as a reduction over a ``[groups, k, T]``
-view when rows come in equal consecutive blocks per group (``index_add_`` and a gather back otherwise), and
-in-place ops on one ``[B, T]`` buffer that becomes the returned advantages.
+Everything is vectorised over rows and positions: one cumsum, group sums by ``index_add_`` and a gather back
+(one path, whatever order verl delivers the rows in), and in-place ops on one ``[B, T]`` buffer that becomes the
+returned advantages. Two sweeps over chunks of rows (the group sums need every row before the baseline exists)
+keep each chunk's dozen elementwise steps in the cache on the CPU.
 The readable float64 loop version this is tested against is :mod:`verl_spro.estimator_reference`.
 
 Rows with an all-zero mask (zero-length responses) get all-zero advantages and take no part in the process term;
@@ -172,11 +173,20 @@ def grpo_outcome_advantage(
     return torch.where(active_rows, adv, 0.0).float()
 
 
-def _check_inputs(tensors: dict[str, torch.Tensor], shape: torch.Size) -> None:
-    for name, tensor in tensors.items():
-        if tensor.shape != shape:
+def _check_inputs(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    ref_log_probs: torch.Tensor,
+) -> None:
+    """Shapes: every per-token tensor is ``[B, T]`` like ``response_mask``. (Values are checked while computing.)"""
+    if response_mask.dim() != 2:
+        raise SproInputError(f"response_mask must be [batch, response_length], got shape {tuple(response_mask.shape)}")
+    named = {"token_level_rewards": token_level_rewards, "old_log_probs": old_log_probs, "ref_log_prob": ref_log_probs}
+    for name, tensor in named.items():
+        if tensor.shape != response_mask.shape:
             raise SproInputError(
-                f"{name} has shape {tuple(tensor.shape)} but response_mask has shape {tuple(shape)}: "
+                f"{name} has shape {tuple(tensor.shape)} but response_mask has shape {tuple(response_mask.shape)}: "
                 "all per-token tensors must be [batch, response_length]"
             )
 
@@ -208,84 +218,54 @@ def _raise_on_non_finite(
     )
 
 
+def _mask_is_0_1(response_mask: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[]`` bool tensor: ``mask`` (float32 rows of ``response_mask``) holds only 0 and 1. No sync.
+
+    An integer mask converts exactly, so its min and max (one read) decide; a float one also needs every value
+    compared (0.5, NaN). A bool mask is 0/1 by construction.
+    """
+    if response_mask.dtype == torch.bool:
+        return torch.ones((), dtype=torch.bool, device=mask.device)
+    if response_mask.dtype.is_floating_point:
+        return ~mask.ne(0.0).logical_and_(mask.ne(1.0)).any()  # NaN is neither 0 nor 1
+    low, high = torch.aminmax(mask)
+    return (low >= 0.0) & (high <= 1.0)
+
+
+def _refuse_mask(response_mask: torch.Tensor) -> None:
+    """Raise the error for a mask that is not 0/1, naming the first bad position (only called when it is not)."""
+    mask = response_mask.to(torch.float32)
+    bad = mask.ne(0.0).logical_and_(mask.ne(1.0))
+    rows = bad.any(dim=1).nonzero().flatten()
+    row = int(rows[0])
+    col = int(bad[row].nonzero()[0])
+    raise SproInputError(
+        f"response_mask must hold exactly 0 (padding) and 1 (response tokens), got {float(mask[row, col])} "
+        f"at row {row}, t={col} ({int(bad.sum())} such positions in {rows.numel()} rows); SPRO does not "
+        "take a mask as weights"
+    )
+
+
 def _float_mask(response_mask: torch.Tensor) -> torch.Tensor:
     """``response_mask`` (``[B, T]``, bool or 0/1 numbers) as float32 0/1; anything else, NaN included, is an error.
 
     Float * float ops are vectorised where mixed bool/int * float ops are several times slower, hence the float mask.
-    It is only read below, so a float32 input is used as it is.
     """
     mask = response_mask.to(torch.float32)
-    if response_mask.dtype != torch.bool:
-        bad = mask.ne(0.0).logical_and_(mask.ne(1.0))  # NaN is neither 0 nor 1
-        if bool(bad.any()):
-            rows = bad.any(dim=1).nonzero().flatten()
-            row = int(rows[0])
-            col = int(bad[row].nonzero()[0])
-            raise SproInputError(
-                f"response_mask must hold exactly 0 (padding) and 1 (response tokens), got {float(mask[row, col])} "
-                f"at row {row}, t={col} ({int(bad.sum())} such positions in {rows.numel()} rows); SPRO does not "
-                "take a mask as weights"
-            )
+    if not bool(_mask_is_0_1(response_mask, mask)):
+        _refuse_mask(response_mask)
     return mask
 
 
-def _log_ratio(old_log_probs: torch.Tensor, ref_log_probs: torch.Tensor) -> torch.Tensor:
-    """``old - ref`` (``[B, T]``) as a new float32 tensor, computed in float32 whatever the input dtypes."""
-    if torch.result_type(old_log_probs, ref_log_probs) == torch.float32:
-        return torch.sub(old_log_probs, ref_log_probs)  # one pass; a bf16 operand is widened inside the kernel
-    # bf16/fp16 pairs would be subtracted (and rounded) in half precision: widen first. fp64 is narrowed first.
-    return old_log_probs.to(torch.float32, copy=True).sub_(ref_log_probs)
+#: Rows are processed in chunks of about this many elements (2 MiB of float32) on the CPU, so that the dozen
+#: elementwise steps of a chunk find their operands in the cache instead of streaming [B, T] from memory each time.
+#: On other devices the whole batch is one chunk.
+CHUNK_ELEMENTS = 1 << 19
 
 
-class _Grouping:
-    """Per-group sums over rows and their broadcast back to rows, for ``[B, T]`` tensors.
-
-    verl lays each prompt's ``rollout.n`` samples out as consecutive rows, and its V1 trainer appends all-padding
-    rows (all-zero mask) at the end. When the rows before that padding tail come in blocks of one group each, all
-    of the same size ``k``, ``[B, T]`` tensors are viewed as ``[n_blocks, k, T]``: a group sum is a plain reduction
-    over ``k``, the broadcast back is free (no index, no copy), and the padding tail, which adds nothing to any
-    group and whose msa is 0, is skipped. Any other layout takes the general path: ``index_add_`` over all rows and
-    a gather back.
-    """
-
-    def __init__(self, gid: torch.Tensor, n_groups: int, active_rows: torch.Tensor) -> None:
-        """``gid``: ``[B]`` dense group ids (CPU); ``active_rows``: ``[B]`` bool, on the inputs' device."""
-        self.gid = gid.to(active_rows.device, non_blocking=True)
-        self.n_groups = n_groups
-        self.n_blocks, self.block = _block_layout(gid, active_rows.cpu())
-
-    def rows(self, values: torch.Tensor) -> torch.Tensor:
-        """``[B, T]`` -> a view that :meth:`spread` results broadcast against (``[n_blocks, k, T]`` for blocks)."""
-        if self.block:
-            return values[: self.n_blocks * self.block].view(self.n_blocks, self.block, -1)
-        return values
-
-    def sum(self, values: torch.Tensor) -> torch.Tensor:
-        """``[B, T]`` -> ``[n_groups, T]`` (``[n_blocks, T]`` in block order for blocks): each group's row sum."""
-        if self.block:
-            return self.rows(values).sum(dim=1)
-        return _group_sum(values, self.gid, self.n_groups)
-
-    def spread(self, group_values: torch.Tensor) -> torch.Tensor:
-        """Group values from :meth:`sum` -> each row's group value, broadcastable against :meth:`rows`."""
-        return group_values.unsqueeze(1) if self.block else group_values[self.gid]
-
-
-def _block_layout(gid: torch.Tensor, active_rows: torch.Tensor) -> tuple[int, int]:
-    """``(n_blocks, k)`` when the rows up to the last active one form blocks of ``k`` rows, one group per block;
-    ``(0, 0)`` otherwise. ``gid`` and ``active_rows`` are ``[B]`` CPU tensors."""
-    active = active_rows.nonzero().flatten()
-    if active.numel() == 0:
-        return 0, 0
-    lead = gid[: int(active[-1]) + 1]
-    run_ends = (lead[1:] != lead[:-1]).nonzero().flatten()
-    k = int(run_ends[0]) + 1 if run_ends.numel() else lead.numel()
-    if lead.numel() % k:
-        return 0, 0
-    blocks = lead.view(-1, k)
-    if not bool((blocks == blocks[:, :1]).all()) or blocks[:, 0].unique().numel() != blocks.shape[0]:
-        return 0, 0
-    return blocks.shape[0], k
+def _row_chunks(batch_size: int, length: int, device: torch.device) -> list[slice]:
+    rows = batch_size if device.type != "cpu" else max(1, CHUNK_ELEMENTS // max(length, 1))
+    return [slice(start, min(start + rows, batch_size)) for start in range(0, batch_size, rows)]
 
 
 def compute_spro_advantage(
@@ -323,95 +303,142 @@ def compute_spro_advantage(
         SproInputError: shape mismatch, missing, mis-sized or unhashable ``index``, a mask value other than 0 and 1
             (NaN included), NaN/inf on an active position.
     """
-    if response_mask.dim() != 2:
-        raise SproInputError(f"response_mask must be [batch, response_length], got shape {tuple(response_mask.shape)}")
+    _check_inputs(token_level_rewards, response_mask, old_log_probs, ref_log_probs)
     shape = response_mask.shape
-    _check_inputs(
-        {"token_level_rewards": token_level_rewards, "old_log_probs": old_log_probs, "ref_log_prob": ref_log_probs},
-        shape,
-    )
-    batch_size, _ = shape
+    batch_size, length = shape
     device = response_mask.device
-    gid = group_ids(index, batch_size, torch.device("cpu"))  # layout checks on the CPU; moved by _Grouping
+    gid = group_ids(index, batch_size, device)
     if response_mask.numel() == 0:
-        empty = torch.zeros(shape, dtype=torch.float32, device=device)
-        zeros_b = torch.zeros(batch_size, dtype=torch.float32, device=device)
-        zero = torch.zeros((), dtype=torch.long, device=device)
-        return SproOutput(
-            advantages=empty,
-            returns=empty,
-            outcome=zeros_b,
-            cpr_at_eos=zeros_b.clone(),
-            active_rows=zeros_b.bool(),
-            n_active=zero,
-            n_single_member=zero.clone(),
-            msa_abs_sum=zero.float(),
-            msa_abs_max=zero.float(),
-            msa=empty.clone() if keep_msa else None,
-        )
+        return _empty_output(shape, device, keep_msa)
+    n_groups = int(gid.max()) + 1
+    chunks = _row_chunks(batch_size, length, device)
 
-    # 0/1 float mask: float * float ops are vectorised, mixed bool/int * float ops are several times slower.
-    mask = _float_mask(response_mask)
-    active_rows = mask.sum(dim=1) > 0  # a float sum is one fast pass; .any() on floats is not
-    groups = _Grouping(gid, int(gid.max()) + 1, active_rows)
-    gid = groups.gid
+    # ``adv`` is the one [B, T] buffer of results: it holds the log-ratio, then the masked cumulative process reward
+    # R, then the MSA and finally the returned advantages. ``mask``: response_mask as float32 0/1 (float * float ops
+    # are vectorised; mixed bool/int * float ops are several times slower). ``scratch``: one chunk of widened inputs
+    # and of |msa|, never read across steps.
+    adv = torch.empty(shape, dtype=torch.float32, device=device)
+    same = response_mask.dtype == torch.float32
+    mask = response_mask if same else torch.empty(shape, dtype=torch.float32, device=device)
+    scratch = torch.empty((chunks[0].stop - chunks[0].start, length), dtype=torch.float32, device=device)
+    count = torch.zeros((n_groups, length), dtype=torch.float32, device=device)  # active members per position
+    group_r = torch.zeros((n_groups, length), dtype=torch.float32, device=device)  # their summed R
+    row_tokens = torch.empty(batch_size, dtype=torch.float32, device=device)
+    cpr_at_eos = torch.empty(batch_size, dtype=torch.float32, device=device)
+    scores = torch.empty(batch_size, dtype=torch.float32, device=device)
+    mask_ok, r_finite = [], []
+    widen = torch.result_type(old_log_probs, ref_log_probs) != torch.float32
 
-    # One [B, T] buffer carries everything below: the log-ratio, the CPR, the MSA and finally the advantages.
-    # 1-2. intrinsic reward (beta is applied to the MSA: it is linear in beta) and its running sum, in place.
-    work = _log_ratio(old_log_probs, ref_log_probs).mul_(mask).cumsum_(dim=1)
-    if not bool(torch.isfinite(work[:, -1]).all()):
+    def widened(tensor: torch.Tensor, rows: slice) -> torch.Tensor:
+        """Rows of ``tensor`` as float32 (in ``scratch`` unless already float32)."""
+        if tensor.dtype == torch.float32:
+            return tensor[rows]
+        return scratch[: rows.stop - rows.start].copy_(tensor[rows])
+
+    # 1-2. intrinsic reward (beta is applied to the MSA: it is linear in beta), its running sum R, group sums of R
+    # and of the mask; the scores (verl's GRPO sums every position, in fp32 here).
+    for rows in chunks:
+        m, r = (mask[rows] if same else mask[rows].copy_(response_mask[rows])), adv[rows]
+        mask_ok.append(_mask_is_0_1(response_mask, m))
+        torch.sum(widened(token_level_rewards, rows), dim=1, out=scores[rows])
+        if widen:  # bf16/fp16 pairs would be subtracted (and rounded) in half precision: widen first
+            r.copy_(old_log_probs[rows]).sub_(widened(ref_log_probs, rows))
+        else:
+            torch.sub(old_log_probs[rows], ref_log_probs[rows], out=r)
+        r.mul_(m).cumsum_(dim=1)
+        # masked positions add 0 to the running sum, so the last column is the CPR at the last active token.
+        cpr_at_eos[rows] = r[:, -1]
+        r_finite.append(torch.isfinite(r[:, -1]).all())
+        r.mul_(m)
+        torch.sum(m, dim=1, out=row_tokens[rows])
+        count.index_add_(0, gid[rows], m)
+        group_r.index_add_(0, gid[rows], r)
+    if not bool(torch.stack(mask_ok).all()):
+        _refuse_mask(response_mask)
+    if not bool(torch.stack(r_finite).all()):
         # Rare: NaN/inf somewhere in old/ref. On an active position it is an error; on padding it must count as 0,
-        # which ``x * 0`` above does not do for NaN/inf, so redo the masking with masked_fill_.
-        work = _log_ratio(old_log_probs, ref_log_probs).masked_fill_(mask == 0, 0.0).cumsum_(dim=1)
-        _raise_on_non_finite("old_log_probs/ref_log_prob", work[:, -1], (old_log_probs, ref_log_probs), mask.bool())
-    # masked positions add 0 to the running sum, so the last column is the CPR at the last active token.
-    cpr_at_eos = work[:, -1] * beta
+        # which ``x * 0`` above does not do for NaN/inf: redo R and its group sums with masked_fill_.
+        active = mask.bool()
+        r = torch.sub(old_log_probs.float(), ref_log_probs.float()).masked_fill_(~active, 0.0).cumsum_(dim=1)
+        _raise_on_non_finite("old_log_probs/ref_log_prob", r[:, -1], (old_log_probs, ref_log_probs), active)
+        cpr_at_eos.copy_(r[:, -1])
+        group_r.zero_().index_add_(0, gid, adv.copy_(r).mul_(mask))
+        del r
+    if not bool(torch.isfinite(scores).all()):  # a NaN/inf on padding counts as 0, like a log-prob there
+        active = mask.bool()
+        rewards = torch.where(torch.isfinite(token_level_rewards).logical_or_(active), token_level_rewards, 0.0)
+        scores = rewards.sum(dim=-1, dtype=torch.float32)
+        _raise_on_non_finite("token_level_rewards", scores, (token_level_rewards,), active)
+    cpr_at_eos.mul_(beta)
+    active_rows = row_tokens > 0
+    baseline = group_r.div_(count.clamp(min=1.0))  # per group and position: the mean R of the active members
+    del group_r
 
-    # 3. masked step advantage: per-group, per-position mean over the members active there: m * R, then minus
-    # m * baseline, in place.
-    msa = work.mul_(mask)
-    count = groups.sum(mask)  # [n_groups, T]
-    baseline = groups.sum(msa).div_(count.clamp(min=1.0))
-    # A position with one active member has baseline == its own CPR exactly (x / 1), so msa is exactly 0 there.
-    groups.rows(msa).addcmul_(groups.rows(mask), groups.spread(baseline), value=-1.0)
-    del baseline
-    msa.mul_(beta)
+    # 4. outcome term: verl's GRPO on the scores.
+    outcome = grpo_outcome_advantage(scores, gid, active_rows, norm_adv_by_std_in_grpo, epsilon)
+    row_outcome = outcome.unsqueeze(1)
+
+    # 3. masked step advantage msa = beta * m * (R - baseline) (a position with one active member has baseline ==
+    # its own R exactly, x / 1, so msa is exactly 0 there), optionally over the group std; then 5. the advantages
+    # m * (outcome + msa), in place.
+    def subtract_baseline(rows: slice) -> torch.Tensor:
+        return adv[rows].addcmul_(mask[rows], baseline.index_select(0, gid[rows]), value=-1.0).mul_(beta)
+
+    std = None
     if msa_norm_by_std:
+        group_sq = torch.zeros_like(count)
+        for rows in chunks:
+            msa = subtract_baseline(rows)
+            group_sq.index_add_(0, gid[rows], torch.mul(msa, msa, out=scratch[: rows.stop - rows.start]))
         # std of the CPRs themselves (beta included), so epsilon keeps its meaning relative to them.
-        var = groups.sum(msa * msa).div_((count - 1.0).clamp(min=1.0))
+        var = group_sq.div_((count - 1.0).clamp(min=1.0))
         std = torch.where(count > 1.0, var.sqrt_(), 1.0).add_(epsilon)
-        groups.rows(msa).div_(groups.spread(std))
-    # what the metrics need from the MSA, before the buffer becomes the advantages (no [B, T] temporary)
-    msa_low, msa_high = torch.aminmax(msa)
-    if not bool(torch.isfinite(msa_low) & torch.isfinite(msa_high)):
+    msa_copy = torch.empty_like(adv) if keep_msa else None
+    abs_sum, abs_max = [], []
+    for rows in chunks:
+        msa = subtract_baseline(rows) if std is None else adv[rows].div_(std.index_select(0, gid[rows]))
+        msa_abs = torch.abs(msa, out=scratch[: rows.stop - rows.start])
+        abs_sum.append(msa_abs.sum())
+        abs_max.append(msa_abs.max())
+        if msa_copy is not None:
+            msa_copy[rows] = msa
+        msa.addcmul_(mask[rows], row_outcome[rows])
+    msa_abs_sum = torch.stack(abs_sum).sum()
+    if not bool(torch.isfinite(msa_abs_sum)):
         raise SproInputError(
             f"the process term overflows float32 at beta={beta:g} (finite log-probs, but beta times their summed "
             "log-ratio exceeds 3.4e38): lower algorithm.spro.beta"
         )
-    msa_abs_sum = torch.linalg.vector_norm(msa, ord=1)
-    msa_copy = msa.clone() if keep_msa else None
-
-    # 4-5. outcome term (scores summed in fp32 without an fp32 copy of the rewards), then m * (outcome + msa).
-    # As in verl's GRPO the score sums every position; a NaN/inf on padding counts as 0 (like a log-prob there).
-    scores = token_level_rewards.sum(dim=-1, dtype=torch.float32)
-    if not bool(torch.isfinite(scores).all()):
-        finite_or_active = torch.isfinite(token_level_rewards).logical_or_(mask.bool())
-        scores = torch.where(finite_or_active, token_level_rewards, 0.0).sum(dim=-1, dtype=torch.float32)
-        _raise_on_non_finite("token_level_rewards", scores, (token_level_rewards,), mask.bool())
-    outcome = grpo_outcome_advantage(scores, gid, active_rows, norm_adv_by_std_in_grpo, epsilon)
-    advantages = msa.addcmul_(mask, outcome.unsqueeze(1))
-
     return SproOutput(
-        advantages=advantages,
-        returns=advantages,
+        advantages=adv,
+        returns=adv,
         outcome=outcome,
         cpr_at_eos=cpr_at_eos,
         active_rows=active_rows,
         n_active=count.sum().long(),
         n_single_member=(count == 1.0).sum(),
         msa_abs_sum=msa_abs_sum,
-        msa_abs_max=torch.maximum(msa_low.abs(), msa_high.abs()),
+        msa_abs_max=torch.stack(abs_max).max(),
         msa=msa_copy,
+    )
+
+
+def _empty_output(shape: torch.Size, device: torch.device, keep_msa: bool) -> SproOutput:
+    """What :func:`compute_spro_advantage` returns for a batch with no elements (``B = 0`` or ``T = 0``)."""
+    empty = torch.zeros(shape, dtype=torch.float32, device=device)
+    zeros_b = torch.zeros(shape[0], dtype=torch.float32, device=device)
+    zero = torch.zeros((), dtype=torch.long, device=device)
+    return SproOutput(
+        advantages=empty,
+        returns=empty,
+        outcome=zeros_b,
+        cpr_at_eos=zeros_b.clone(),
+        active_rows=zeros_b.bool(),
+        n_active=zero,
+        n_single_member=zero.clone(),
+        msa_abs_sum=zero.float(),
+        msa_abs_max=zero.float(),
+        msa=empty.clone() if keep_msa else None,
     )
 
 
