@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the examples' run.sh (never executed): puts the environment verl-spro is installed in first on
 # PATH, so that `verl-spro`, and the `python` the launchers in scripts/ run, are that environment's.
 #

@@ -18,9 +18,54 @@ spro_die() {
     exit "${SPRO_DIE_CODE:-1}"
 }
 
-# The Python interpreter used for every Python step (default: the one on PATH).
+# The Python interpreter used for every Python step (default: the one on PATH; see spro_use_env).
 spro_python() {
     printf '%s' "${SPRO_PYTHON:-python}"
+}
+
+# spro_use_env: find the environment verl-spro is installed in, as examples/env.sh does. Order: SPRO_PYTHON
+# (its bin directory goes first on PATH when `verl-spro` is not on PATH); an active environment with `verl-spro` on
+# PATH; the repository's .venv (scripts/setup_cpu.sh), put first on PATH; else stop with one line saying how.
+spro_use_env() {
+    if [[ -n "${SPRO_PYTHON:-}" ]]; then
+        local bin
+        bin="$(dirname "$SPRO_PYTHON")"
+        if ! command -v verl-spro >/dev/null 2>&1 && [[ -x "$bin/verl-spro" ]]; then
+            export PATH="$bin:$PATH"
+        fi
+        return 0
+    fi
+    command -v verl-spro >/dev/null 2>&1 && return 0
+    if [[ -x "$SPRO_REPO_ROOT/.venv/bin/verl-spro" ]]; then
+        export PATH="$SPRO_REPO_ROOT/.venv/bin:$PATH"
+        return 0
+    fi
+    SPRO_DIE_CODE=127 spro_die "verl-spro is not installed here: activate the environment it is installed in" \
+        "(pip install -e \"${SPRO_REPO_ROOT}[vllm,megatron]\"), create $SPRO_REPO_ROOT/.venv with scripts/setup_cpu.sh," \
+        "or set SPRO_PYTHON to its python"
+}
+
+# spro_run_helper LABEL CMD...: run a helper command (not the script's last) so that SIGTERM / SIGINT to this
+# script stop it within seconds, with a line naming LABEL; returns its exit status. (Bash alone would wait for
+# the helper to finish before acting on the signal.)
+spro_run_helper() {
+    local label="$1" pid rc=0
+    shift
+    "$@" &
+    pid=$!
+    # shellcheck disable=SC2064  # expand now: the helper's label and PID
+    trap "spro_log 'stopping $label (pid $pid) on SIGTERM'; kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null; exit 143" TERM
+    # shellcheck disable=SC2064
+    trap "spro_log 'stopping $label (pid $pid) on Ctrl-C'; kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null; exit 130" INT
+    wait "$pid" || rc=$?
+    trap - TERM INT
+    return "$rc"
+}
+
+# spro_proc_start PID: when process PID started (`ps -o lstart`), empty when there is no such process. Recorded
+# next to a PID file and compared before any signal: a PID reused by another process has another start time.
+spro_proc_start() {
+    ps -o lstart= -p "$1" 2>/dev/null | sed -e 's/^ *//' -e 's/ *$//' || true
 }
 
 # spro_has_override KEY ARGS...: true when a Hydra override for KEY is among ARGS
@@ -58,7 +103,8 @@ spro_check_int() {
 }
 
 # spro_run_preflight CONFIG_DIR CONFIG_NAME OVERRIDES...: the `verl-spro check` preflight, unless
-# SPRO_SKIP_CHECK=1. SPRO_CHECK_CMD replaces the command (default: verl-spro check).
+# SPRO_SKIP_CHECK=1. SPRO_CHECK_CMD replaces the command (default: verl-spro check). The caller's array
+# SPRO_PREFLIGHT_RUNNER, when set, prefixes it (slurm_train.sbatch: an srun step in the job's container).
 spro_run_preflight() {
     local config_dir="$1" config_name="$2"
     shift 2
@@ -69,7 +115,7 @@ spro_run_preflight() {
     local -a cmd
     read -r -a cmd <<<"${SPRO_CHECK_CMD:-verl-spro check}"
     spro_log "preflight: ${cmd[*]} --config-path $config_dir --config-name $config_name (+$# overrides)"
-    if ! "${cmd[@]}" --config-path "$config_dir" --config-name "$config_name" "$@"; then
+    if ! "${SPRO_PREFLIGHT_RUNNER[@]+"${SPRO_PREFLIGHT_RUNNER[@]}"}" "${cmd[@]}" --config-path "$config_dir" --config-name "$config_name" "$@"; then
         spro_die "preflight check failed for config '$config_name' (see above); fix the config or set SPRO_SKIP_CHECK=1 to bypass"
     fi
 }
@@ -128,6 +174,8 @@ spro_ray_common_args() {
     fi
     if [[ -n "${SPRO_RAY_NUM_GPUS:-}" ]]; then
         printf '%s\n' "--num-gpus=$SPRO_RAY_NUM_GPUS"
+    elif [[ "${SPRO_CPU_BACKEND:-0}" == "1" ]]; then
+        printf '%s\n' "--num-gpus=1" # the CPU backend's workers run on Ray's "GPU" bundles: one logical GPU
     fi
     if [[ -n "${SPRO_RAY_START_ARGS:-}" ]]; then
         local -a extra
@@ -165,6 +213,22 @@ spro_stop_pid() {
     done
 }
 
+# spro_raise_nofile: soft open-files limit up to 65536 (Ray's large-cluster advice), capped by the hard limit;
+# srun steps inherit it (SLURM propagates resource limits by default).
+spro_raise_nofile() {
+    local hard soft want=65536
+    hard="$(ulimit -Hn)"
+    soft="$(ulimit -Sn)"
+    [[ "$soft" == "unlimited" ]] && return 0
+    if [[ "$hard" != "unlimited" ]] && ((hard < want)); then
+        want="$hard"
+        spro_log "WARNING: the hard open-files limit is $hard, under the 65536 Ray advises; ask your admins to raise it"
+    fi
+    if ((soft < want)); then
+        ulimit -Sn "$want" || spro_log "WARNING: could not raise the open-files limit to $want"
+    fi
+}
+
 # Environment every Ray process should see; exported BEFORE `ray start` so that Ray workers inherit it.
 # Site specifics (modules, NCCL_*, HF_HOME, WANDB_API_KEY, ...) go in SPRO_ENV_FILE, sourced here.
 spro_export_env() {
@@ -182,6 +246,16 @@ spro_export_env() {
         else
             export RAY_AUTH_MODE=disabled
         fi
+    fi
+    # SPRO_CPU_BACKEND=1: verl on CPUs only (tests, rehearsals): verl_spro.cpu_backend in every verl process
+    # (cpu platform, gloo, hf_cpu rollout; see `verl-spro smoke`), one thread per process, no hub downloads.
+    if [[ "${SPRO_CPU_BACKEND:-0}" == "1" ]]; then
+        case ",${VERL_USE_EXTERNAL_MODULES:-}," in
+        *,verl_spro.cpu_backend,*) ;;
+        *) export VERL_USE_EXTERNAL_MODULES="${VERL_USE_EXTERNAL_MODULES:+$VERL_USE_EXTERNAL_MODULES,}verl_spro.cpu_backend" ;;
+        esac
+        export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
+        export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
     fi
     if [[ -n "${SPRO_ENV_FILE:-}" ]]; then
         [[ -r "$SPRO_ENV_FILE" ]] || spro_die "SPRO_ENV_FILE=$SPRO_ENV_FILE is not readable"

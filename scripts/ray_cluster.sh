@@ -36,10 +36,13 @@
 #   SPRO_RAY_STATE_DIR            PID/log files (default /tmp/verl-spro-ray-$USER)
 #   SPRO_CONFIG_DIR               config directory (default <repo>/configs); SPRO_SKIP_CHECK=1 skips preflight
 #   SPRO_ENV_FILE                 file sourced before `ray start` (site env, secrets: never printed)
+#   SPRO_PYTHON                   the interpreter (default: the active environment's, else <repo>/.venv's)
+#   SPRO_CPU_BACKEND=1            verl on CPUs (verl_spro.cpu_backend everywhere, one logical GPU per node): tests
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+spro_use_env
 
 STATE_DIR="${SPRO_RAY_STATE_DIR:-/tmp/verl-spro-ray-${USER:-$(id -un)}}"
 RAY_PORT="${SPRO_RAY_PORT:-6379}"
@@ -76,10 +79,36 @@ head_address() {
 gpus_per_node() {
     if [[ -n "${SPRO_GPUS_PER_NODE:-}" ]]; then
         printf '%s' "$SPRO_GPUS_PER_NODE"
+    elif [[ "${SPRO_CPU_BACKEND:-0}" == "1" ]]; then
+        printf '%s' "${SPRO_RAY_NUM_GPUS:-1}" # the logical GPU(s) each node lends Ray (scripts/lib.sh)
     elif command -v nvidia-smi >/dev/null 2>&1; then
         nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true
     else
         printf '8'
+    fi
+}
+
+# node_pid_is_ours PIDFILE: true when the PID in PIDFILE is still the `ray start` this script started (same start
+# time as recorded beside the file, a `ray start` command line); otherwise prints why not and returns 1.
+node_pid_is_ours() {
+    local pidfile="$1" pid started now args
+    pid="$(cat "$pidfile" 2>/dev/null || true)"
+    [[ "$pid" =~ ^[0-9]+$ ]] || { printf 'it holds no PID (%q)' "$pid"; return 1; }
+    now="$(spro_proc_start "$pid")"
+    [[ -n "$now" ]] || { printf 'pid %s is not running' "$pid"; return 1; }
+    started="$(cat "${pidfile%.pid}.started" 2>/dev/null || true)"
+    if [[ -z "$started" ]]; then
+        printf 'no start time was recorded for pid %s (an older launcher?): stop it yourself if it is your Ray node' "$pid"
+        return 1
+    fi
+    if [[ "$now" != "$started" ]]; then
+        printf 'pid %s is now another process (started %s, the Ray node started %s)' "$pid" "$now" "$started"
+        return 1
+    fi
+    args="$(ps -o args= -p "$pid" 2>/dev/null || true)"
+    if [[ "$args" != *ray* || "$args" != *start* ]]; then
+        printf 'pid %s is not a `ray start` (%s)' "$pid" "${args%% *}"
+        return 1
     fi
 }
 
@@ -98,12 +127,14 @@ start_node() {
         exec ray start --block "$@" "${common[@]}"
     fi
     mkdir -p "$STATE_DIR"
-    if [[ -r "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    if [[ -r "$pidfile" ]] && node_pid_is_ours "$pidfile" >/dev/null; then
         spro_die "a Ray node '$NODE_NAME' started by this script is already running (pid $(cat "$pidfile")); run '$0 stop' first"
     fi
-    # setsid: the node survives this shell and its terminal; `stop` ends it by PID.
+    # setsid: the node survives this shell and its terminal; `stop` ends it by PID, after checking that the PID
+    # still names the process started here (its start time, recorded next to the PID file, and `ray start`).
     setsid ray start --block "$@" "${common[@]}" >"$log" 2>&1 </dev/null &
     echo "$!" >"$pidfile"
+    spro_proc_start "$!" >"${pidfile%.pid}.started"
     spro_log "ray start ($role, node $NODE_NAME): pid $!, log $log"
 }
 
@@ -145,7 +176,7 @@ cmd_worker() {
     printf '%s' "$addr" >"$STATE_DIR/head_address"
     start_node worker 0 --address="$addr" --node-ip-address="$(node_ip)"
     # Return once this node has joined, or fail with its log (never hang: bounded by SPRO_RAY_WAIT_TIMEOUT).
-    if ! "$PY" "$TOOLS" wait --address "$addr" --expect-nodes "$NODE_NAME" --timeout "$WAIT_TIMEOUT" \
+    if ! spro_run_helper "the wait for this node" "$PY" "$TOOLS" wait --address "$addr" --expect-nodes "$NODE_NAME" --timeout "$WAIT_TIMEOUT" \
         --watch "$NODE_NAME=$(cat "$STATE_DIR/worker-$NODE_NAME.pid")" --log-dir "$STATE_DIR"; then
         tail -n 30 "$STATE_DIR/$NODE_NAME.log" >&2 || true
         spro_die "the Ray worker '$NODE_NAME' did not join $addr (its log above)"
@@ -157,12 +188,13 @@ cmd_wait() {
     gpn="$(gpus_per_node)"
     spro_check_int SPRO_NNODES "$nnodes"
     spro_check_int SPRO_GPUS_PER_NODE "$gpn"
-    "$PY" "$TOOLS" wait --address "$(head_address)" --num-nodes "$nnodes" --gpus "$((nnodes * gpn))" \
+    spro_run_helper "the wait for the cluster" "$PY" "$TOOLS" wait --address "$(head_address)" --num-nodes "$nnodes" --gpus "$((nnodes * gpn))" \
         --expect-nodes "${SPRO_EXPECT_NODES:-}" --timeout "$WAIT_TIMEOUT" --log-dir "$STATE_DIR"
 }
 
 cmd_smoke() {
-    "$PY" "$TOOLS" smoke --address "$(head_address)" --expect-nodes "${SPRO_EXPECT_NODES:-}" \
+    # exec: a signal to this script reaches the smoke job itself, which stops at once.
+    exec "$PY" "$TOOLS" smoke --address "$(head_address)" --expect-nodes "${SPRO_EXPECT_NODES:-}" \
         --estimator "${SPRO_SMOKE_ESTIMATOR:-spro}" --timeout "$WAIT_TIMEOUT"
 }
 
@@ -195,13 +227,16 @@ cmd_stop() {
     for pidfile in "$STATE_DIR"/worker-*.pid "$STATE_DIR"/head-*.pid; do
         [[ -e "$pidfile" ]] || continue
         found=1
-        local pid
+        local pid name why
         pid="$(cat "$pidfile")"
-        local name
         name="$(basename "$pidfile" .pid)"
-        spro_log "stopping Ray ${name%%-*} node ${name#*-} (pid $pid)"
-        spro_stop_pid "$pid" "${SPRO_TEARDOWN_TIMEOUT:-30}"
-        rm -f "$pidfile"
+        if why="$(node_pid_is_ours "$pidfile")"; then
+            spro_log "stopping Ray ${name%%-*} node ${name#*-} (pid $pid)"
+            spro_stop_pid "$pid" "${SPRO_TEARDOWN_TIMEOUT:-30}"
+        else
+            spro_log "stale PID file $pidfile: $why; removed, nothing signalled"
+        fi
+        rm -f "$pidfile" "${pidfile%.pid}.started"
     done
     rm -f "$STATE_DIR/head_address"
     [[ "$found" == 1 ]] || spro_log "no Ray node started by this script in $STATE_DIR"

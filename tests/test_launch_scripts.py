@@ -66,8 +66,18 @@ def test_sbatch_builds_a_real_node_array_and_orders_env_check_ray():
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
     assert 'mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")' in code
     assert '=("$nodes")' not in code  # verl #548
-    pos = {k: code.index(k) for k in ("spro_export_env\n", "spro_run_preflight ", "ray start --head", "srun --nodes")}
-    assert pos["spro_export_env\n"] < pos["spro_run_preflight "] < pos["ray start --head"] < pos["srun --nodes"]
+    steps = (
+        "spro_export_env\n",
+        "spro_run_preflight ",
+        '"${STEP[@]}" ray start --head',
+        '"${STEP[@]}" "${step[@]}"',
+    )
+    pos = [code.index(k) for k in steps]
+    assert pos == sorted(pos), steps
+    # One srun in the script (step_on), bound to --cpus-per-task, which is also what every `ray start` gets.
+    assert len(re.findall(r"\bsrun ", code)) == 1 and 'STEP=(srun --nodes=1 --ntasks=1 -w "$1" --cpus-per-task=' in code
+    assert 'export SPRO_RAY_NUM_CPUS="$CPUS_PER_TASK"' in code
+    assert "#SBATCH --cpus-per-task=" in text and "#SBATCH --signal=B:USR1@" in text
     assert "trap cleanup EXIT" in text and "trap 'exit 143' TERM" in text
 
 

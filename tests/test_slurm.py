@@ -10,8 +10,11 @@ Every daemon and namespace is torn down by PID file / by name of what this fixtu
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -23,12 +26,14 @@ import time
 from pathlib import Path
 
 import pytest
+from spro_cluster import two_rank_overrides
 
 pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[1]
 SBATCH_SCRIPT = REPO / "scripts" / "slurm_train.sbatch"
 NODES = ("n1", "n2")
+NODE_CPUS = 8  # per node (SlurmdParameters=config_overrides); steps and `ray start` get --cpus-per-task
 NEEDED = ("slurmctld", "slurmd", "munged", "sbatch", "squeue", "scontrol", "sinfo", "ip", "nsenter", "unshare")
 
 
@@ -186,14 +191,14 @@ class SlurmCluster:
             SlurmdParameters=config_overrides
             ReturnToService=2
             MinJobAge=600
-            KillWait=10
+            KillWait=30
             JobAcctGatherType=jobacct_gather/none
             AccountingStorageType=accounting_storage/none
             GresTypes=gpu
             """
         conf = textwrap.dedent(conf)
         conf += "".join(
-            f"NodeName={n} NodeAddr={self.node_ip[n]} CPUs=4 RealMemory=4000 State=UNKNOWN\n" for n in NODES
+            f"NodeName={n} NodeAddr={self.node_ip[n]} CPUs={NODE_CPUS} RealMemory=4000 State=UNKNOWN\n" for n in NODES
         )
         conf += f"PartitionName=debug Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=UP\n"
         self.conf.write_text(conf)
@@ -293,14 +298,12 @@ def _job_env(cluster: SlurmCluster, **extra: str) -> dict[str, str]:
         "SPRO_REPO": str(REPO),
         "SPRO_PYTHON": sys.executable,
         "SPRO_RAY_TEMP_DIR": str(cluster.dir / "r"),
-        "SPRO_RAY_NUM_CPUS": "1",
         "SPRO_RAY_INCLUDE_DASHBOARD": "false",
         "SPRO_RAY_START_ARGS": "--object-store-memory=100000000",
         "SPRO_GPUS_PER_NODE": "0",
         "SPRO_SMOKE": "1",
         "SPRO_SKIP_CHECK": "1",
         "SPRO_RAY_WAIT_TIMEOUT": "120",
-        "SPRO_TEARDOWN_TIMEOUT": "30",
     }
     env.update(extra)
     return env
@@ -337,28 +340,28 @@ def _assert_torn_down(cluster: SlurmCluster, job_id: str) -> None:
         )
 
 
-def _submit(
-    cluster: SlurmCluster, tmp_path: Path, env: dict[str, str], *script_args: str
-) -> tuple[str, dict, str, float]:
-    t0 = time.monotonic()
-    job_id = cluster.sbatch(
-        tmp_path,
-        [
-            "--nodes=2",
-            "--gpus-per-node=0",
-            "--job-name=spro-test",
-            f"--output={tmp_path}/job-%j.out",
-            str(SBATCH_SCRIPT),
-            *script_args,
-        ],
-        env,
-    )
-    info = cluster.wait_job(job_id, timeout=240)
+def _start(cluster: SlurmCluster, tmp_path: Path, env: dict[str, str], *script_args: str, cpus: int = 2) -> str:
+    """sbatch the script on both nodes, --cpus-per-task=CPUS; returns the job id."""
+    args = ["--nodes=2", "--gpus-per-node=0", f"--cpus-per-task={cpus}", "--job-name=spro-test"]
+    args += [f"--output={tmp_path}/job-%j.out", str(SBATCH_SCRIPT), *script_args]
+    return cluster.sbatch(tmp_path, args, env)
+
+
+def _finish(cluster: SlurmCluster, tmp_path: Path, job_id: str, t0: float, timeout: float) -> tuple[dict, str, float]:
+    info = cluster.wait_job(job_id, timeout=timeout)
     elapsed = time.monotonic() - t0
     out_file = tmp_path / f"job-{job_id}.out"
     output = out_file.read_text() if out_file.exists() else "(no job output)"
     print(f"job {job_id}: {info.get('JobState')} {info.get('ExitCode')} in {elapsed:.1f}s\n{output}")
-    return job_id, info, output, elapsed
+    return info, output, elapsed
+
+
+def _submit(
+    cluster: SlurmCluster, tmp_path: Path, env: dict[str, str], *script_args: str, cpus: int = 2, timeout: float = 240
+) -> tuple[str, dict, str, float]:
+    t0 = time.monotonic()
+    job_id = _start(cluster, tmp_path, env, *script_args, cpus=cpus)
+    return (job_id, *_finish(cluster, tmp_path, job_id, t0, timeout))
 
 
 def test_smoke_job_brings_up_ray_on_both_nodes_and_tears_down(slurm_cluster, tmp_path):
@@ -412,9 +415,7 @@ def test_failed_preflight_stops_the_job_before_ray_starts(slurm_cluster, tmp_pat
 
 def test_scancel_tears_the_cluster_down(slurm_cluster, tmp_path):
     env = _job_env(slurm_cluster, SPRO_TEST_NO_RAY_ON="n2", SPRO_RAY_WAIT_TIMEOUT="200")
-    job_id = slurm_cluster.sbatch(
-        tmp_path, ["--nodes=2", "--gpus-per-node=0", f"--output={tmp_path}/job-%j.out", str(SBATCH_SCRIPT)], env
-    )
+    job_id = _start(slurm_cluster, tmp_path, env)
     out_file = tmp_path / f"job-{job_id}.out"
     _wait_for(
         lambda: out_file.exists() and "waiting up to 200s" in out_file.read_text(), 60, "the job to start waiting"
@@ -424,6 +425,134 @@ def test_scancel_tears_the_cluster_down(slurm_cluster, tmp_path):
     output = out_file.read_text()
     print(output)
     assert info["JobState"] == "CANCELLED", output
-    assert "teardown (exit status 143)" in output
+    assert "teardown (exit status 143, at most 25s)" in output  # KillWait 30 s minus 5
     assert "Ray stopped on n1 (head)" in output
     _assert_torn_down(slurm_cluster, job_id)
+
+
+def test_time_limit_warning_signal_stops_ray_cleanly(slurm_cluster, tmp_path):
+    """`#SBATCH --signal=B:USR1@300` near the time limit: SIGUSR1 to the batch shell stops the job and Ray."""
+    env = _job_env(slurm_cluster, SPRO_TEST_NO_RAY_ON="n2", SPRO_RAY_WAIT_TIMEOUT="200")
+    t0 = time.monotonic()
+    job_id = _start(slurm_cluster, tmp_path, env)
+    out_file = tmp_path / f"job-{job_id}.out"
+    _wait_for(
+        lambda: out_file.exists() and "waiting up to 200s" in out_file.read_text(), 60, "the job to start waiting"
+    )
+    _run("scancel", "--batch", "--signal=USR1", job_id, env=slurm_cluster.env)  # what SLURM sends at limit-300s
+    info, output, elapsed = _finish(slurm_cluster, tmp_path, job_id, t0, timeout=60)
+    assert info["JobState"] == "FAILED", output
+    assert "SIGUSR1: the time limit is near; stopping the run and Ray" in output
+    assert "teardown (exit status 138, at most 25s)" in output
+    assert "Ray stopped on n1 (head)" in output and "Ray stopped on n2" in output
+    assert f"SPRO-SLURM job {job_id} finished: exit status 138" in output
+    assert elapsed < 120, f"{elapsed:.0f}s"
+    _assert_torn_down(slurm_cluster, job_id)
+
+
+# --- real training across both nodes (CPU backend) ---------------------------------------------------------------
+TRAIN_CPUS = NODE_CPUS
+
+
+def _training_env(cluster: SlurmCluster, out: Path, metrics: Path) -> dict[str, str]:
+    from verl_spro.hydra_compose import VERL_CONFIG_MODULE
+
+    verl_config_dir = Path(__import__(VERL_CONFIG_MODULE, fromlist=["_"]).__file__).parent
+    env = _job_env(
+        cluster,
+        SPRO_SMOKE="0",
+        SPRO_CPU_BACKEND="1",
+        SPRO_CONFIG_DIR=str(verl_config_dir),
+        SPRO_CONFIG_NAME="ppo_trainer",
+        VERL_FILE_LOGGER_PATH=str(metrics),
+        SPRO_RAY_START_ARGS="--object-store-memory=200000000",
+    )
+    del env["SPRO_GPUS_PER_NODE"]  # the CPU backend's default: one logical GPU per node
+    return env
+
+
+def _steps(metrics: Path) -> dict[int, dict]:
+    if not metrics.exists():
+        return {}
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return {r["step"]: r["data"] for r in records}
+
+
+def _checkpoint_digest(step_dir: Path) -> dict[str, str]:
+    return {
+        str(f.relative_to(step_dir)): hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(step_dir.rglob("*"))
+        if f.is_file()
+    }
+
+
+def _assert_trained_on_both_nodes(cluster: SlurmCluster, output: str) -> None:
+    assert "Ray cluster ready: 2 node(s) ['n1', 'n2'], 2 GPU(s)" in output, output
+    for n in NODES:  # the per-node check of verl_spro.main_ppo, in a Ray worker on each node
+        assert f"verl-spro: Ray node {n} ({cluster.node_ip[n]}): verl 0.9.1, verl-spro from " in output, output
+    # Ray prefixes the output of an actor on another node than the driver (n1) with its IP: verl's FSDP workers
+    # (WorkerDict, one per logical GPU: world size 2) ran on n2 too.
+    assert re.search(rf"\(WorkerDict pid=\d+, ip={re.escape(cluster.node_ip['n2'])}\)", output), output
+
+
+def test_two_node_training_checkpoint_resume_and_scancel(slurm_cluster, tmp_path):
+    """verl's main_ppo with adv_estimator=spro over both SLURM nodes: 2 steps and a checkpoint, a resumed job, then
+    a job cancelled mid-step that leaves nothing behind and the checkpoint intact."""
+    out = tmp_path / "run"
+    checkpoints = out / "checkpoints"
+
+    # 1. two steps, FSDP actor over 2 ranks (one logical GPU on each node, gloo over TCP between them).
+    metrics = tmp_path / "metrics-1.jsonl"
+    env = _training_env(slurm_cluster, out, metrics)
+    job_id, info, output, elapsed = _submit(
+        slurm_cluster, tmp_path, env, *two_rank_overrides(out, steps=2, resume=False), cpus=TRAIN_CPUS, timeout=420
+    )
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", output
+    assert "trainer.nnodes=2 trainer.n_gpus_per_node=1" in output
+    _assert_trained_on_both_nodes(slurm_cluster, output)
+    steps = _steps(metrics)
+    assert sorted(steps) == [1, 2], output
+    for data in steps.values():
+        assert {"spro/msa_abs_mean", "spro/outcome_abs_mean", "spro/beta"} <= set(data)
+    assert steps[1]["spro/msa_abs_mean"] == 0.0  # policy == reference at step 1, by construction
+    assert steps[2]["spro/msa_abs_mean"] > 0
+    assert (checkpoints / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    actor = checkpoints / "global_step_2" / "actor"
+    assert {p.name for p in actor.glob("model_world_size_2_rank_*.pt")} == {
+        "model_world_size_2_rank_0.pt",
+        "model_world_size_2_rank_1.pt",
+    }, sorted(p.name for p in actor.iterdir())
+    _assert_torn_down(slurm_cluster, job_id)
+    print(f"two-node training job: {elapsed:.0f}s")
+
+    # 2. resumed from global_step_2: step 3 only, then its checkpoint.
+    metrics = tmp_path / "metrics-2.jsonl"
+    env = _training_env(slurm_cluster, out, metrics)
+    job_id, info, output, elapsed = _submit(
+        slurm_cluster, tmp_path, env, *two_rank_overrides(out, steps=3, resume=True), cpus=TRAIN_CPUS, timeout=420
+    )
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", output
+    assert sorted(_steps(metrics)) == [3], output
+    assert _steps(metrics)[3]["spro/msa_abs_mean"] > 0
+    assert (checkpoints / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+    _assert_torn_down(slurm_cluster, job_id)
+    print(f"resumed job: {elapsed:.0f}s")
+
+    # 3. resumed again (to step 6, no checkpoint before the end) and cancelled with scancel in the middle of step 5.
+    before = _checkpoint_digest(checkpoints / "global_step_3")
+    metrics = tmp_path / "metrics-3.jsonl"
+    env = _training_env(slurm_cluster, out, metrics)
+    t0 = time.monotonic()
+    job_id = _start(slurm_cluster, tmp_path, env, *two_rank_overrides(out, steps=6, resume=True), cpus=TRAIN_CPUS)
+    _wait_for(lambda: 4 in _steps(metrics), 420, "step 4 of the third job", interval=0.5)
+    _run("scancel", job_id, env=slurm_cluster.env)
+    info, output, elapsed = _finish(slurm_cluster, tmp_path, job_id, t0, timeout=90)
+    assert info["JobState"] == "CANCELLED", output
+    assert "teardown (exit status 143, at most 25s)" in output
+    assert f"SPRO-SLURM job {job_id} finished: exit status 143" in output
+    assert 6 not in _steps(metrics)
+    _assert_torn_down(slurm_cluster, job_id)
+    assert (checkpoints / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+    assert sorted(p.name for p in checkpoints.glob("global_step_*")) == ["global_step_2", "global_step_3"]
+    assert _checkpoint_digest(checkpoints / "global_step_3") == before
+    print(f"cancelled job: {elapsed:.0f}s")
