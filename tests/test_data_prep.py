@@ -432,15 +432,20 @@ def big_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _start(*argv: str, max_file_bytes: int | None = None) -> subprocess.Popen:
-    def limit_file_size() -> None:  # writes past it fail with EFBIG (Python ignores SIGXFSZ): a full disk
-        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+    """The child starts with SIGINT ignored, as a background job's children do (and a pytest run in the background):
+    prepare-data must set its own disposition for Ctrl-C to stop it."""
+
+    def prepare_child() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if max_file_bytes:  # writes past it fail with EFBIG (Python ignores SIGXFSZ): a full disk
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
 
     return subprocess.Popen(
         [sys.executable, "-c", _PREPARE_AND_REPORT_PEAK, "prepare-data", "--no-progress", *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=limit_file_size if max_file_bytes else None,
+        preexec_fn=prepare_child,
     )
 
 
@@ -508,3 +513,65 @@ def test_memory_stays_bounded_whatever_the_input_size(big_jsonl: Path, tmp_path:
         peaks[name] = int(err.split("peak_kib")[1].split()[0]) * 1024
     assert pq.ParquetFile(tmp_path / "big.parquet").metadata.num_rows > 20_000
     assert peaks["big"] - peaks["small"] < big_jsonl.stat().st_size - small.stat().st_size, peaks
+
+
+@pytest.mark.parametrize("kind", ["path", "symlink", "hardlink"])
+def test_one_input_given_twice_is_refused(tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "in.jsonl"
+    _write_jsonl(source, GOOD_ROWS)
+    again = source if kind == "path" else _link(kind, source, tmp_path / "again.jsonl")
+    out = tmp_path / "out.parquet"
+    assert _prepare(str(source), str(again), "-o", str(out)) == 2
+    line = _one_error_line(capsys)
+    assert f"input {again} is the same file as input {source}: give each input once" in line
+    assert not out.exists()
+
+
+def test_the_file_type_comes_from_the_content_or_a_suffix_in_any_case(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from verl_spro.data_prep import write_parquet
+
+    upper = tmp_path / "IN.PARQUET"
+    _write_jsonl(tmp_path / "in.jsonl", GOOD_ROWS)
+    assert _prepare(str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "ref.parquet")) == 0
+    rows = pq.read_table(tmp_path / "ref.parquet").to_pylist()
+    write_parquet(rows, str(upper))
+    unnamed = tmp_path / "rows.data"  # parquet bytes under a name that says nothing
+    unnamed.write_bytes(upper.read_bytes())
+    for source in (upper, unnamed):
+        out = tmp_path / f"from_{source.name}.parquet"
+        assert _prepare(str(source), "-o", str(out)) == 0, source
+        assert len(pq.read_table(out).to_pylist()) == len(rows)
+
+
+def test_prime_rows_keep_their_reward_style(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    prime = {**GOOD_ROWS[4], "reward_model": {"style": "model", "ground_truth": "42"}}
+    _write_jsonl(tmp_path / "in.jsonl", [prime, GOOD_ROWS[4]])
+    assert _prepare(str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.parquet")) == 0
+    styles = [r["reward_model"]["style"] for r in pq.read_table(tmp_path / "out.parquet").to_pylist()]
+    assert styles == ["model", "rule"]
+
+
+def test_a_line_over_the_limit_is_rejected_without_being_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limit (32 MiB by default) lowered to 4 KiB: a 100 KiB line is one reject naming its line and size,
+    read in bounded chunks, and the rows after it are converted."""
+    import pyarrow.parquet as pq
+
+    from verl_spro import data_prep
+
+    monkeypatch.setattr(data_prep, "MAX_LINE_BYTES", 4096)
+    huge = {"question": "x" * 100_000, "answer": "#### 1"}
+    _write_jsonl(tmp_path / "in.jsonl", [GOOD_ROWS[0], huge, GOOD_ROWS[1]])
+    out = tmp_path / "out.parquet"
+    assert _prepare(str(tmp_path / "in.jsonl"), "-o", str(out)) == 0
+    rejects = [json.loads(line) for line in (tmp_path / "out.parquet.rejects.jsonl").read_text().splitlines()]
+    size = len(json.dumps(huge)) + 1
+    assert [(r["line"], r["reason"]) for r in rejects] == [
+        (2, f"line of {size:,} bytes, over the 4,096-byte limit per row")
+    ]
+    assert pq.read_table(out).num_rows == 2

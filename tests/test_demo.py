@@ -61,16 +61,17 @@ def test_quick_writes_csv_and_png(quick_run: Path) -> None:
 
 
 def test_same_seed_same_metrics_and_same_out_twice(tmp_path: Path) -> None:
-    def tiny_run(out: Path) -> list[dict[str, str]]:
-        args = ["demo", "--seeds", "1", "--steps", "3", "--first-seed", "7", "--no-plots", "--out", str(out)]
+    def tiny_run(out: Path, *extra: str) -> list[dict[str, str]]:
+        args = ["demo", "--seeds", "1", "--steps", "3", "--first-seed", "7", "--no-plots", "--out", str(out), *extra]
         assert main(args) == 0
         return _read_csv(out / "metrics.csv")
 
-    # The same folder twice: the second run replaces the first's CSV whole and leaves no temporary file.
-    first, second = tiny_run(tmp_path), tiny_run(tmp_path)
+    # The same folder twice (--force: it holds the first run): the second run replaces the first's CSV whole and
+    # leaves no temporary file (the run lock's file stays, hidden).
+    first, second = tiny_run(tmp_path), tiny_run(tmp_path, "--force")
     assert len(first) == 2 * 4  # two estimators, steps 0..3
     assert first == second
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".verl-spro.lock", "metrics.csv"]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -117,12 +117,19 @@ def test_legacy_spro_two_steps(legacy_spro: Run) -> None:
 
 
 @pytest.mark.slow
-def test_resume_logs_only_the_next_step(v1_spro: tuple[Run, Run]) -> None:
+def test_resume_appends_the_next_step_to_the_history(v1_spro: tuple[Run, Run]) -> None:
     first, resumed = v1_spro
     checkpoints = first.out / "checkpoints"
     assert (checkpoints / "global_step_2").is_dir() and (checkpoints / "global_step_3").is_dir()
     assert (checkpoints / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
-    assert sorted(resumed.metrics) == [3]
+    # metrics.jsonl and main_ppo.log keep the first run's steps and add the resumed one's
+    assert sorted(resumed.metrics) == [1, 2, 3]
+    assert {step: resumed.metrics[step] for step in (1, 2)} == first.metrics
+    assert resumed.log.startswith(first.log) and "smoke --resume" in resumed.log[len(first.log) :]
+    assert [line.split("/")[0] for line in resumed.stdout.splitlines() if line.startswith("step ")] == ["step 3"]
+    # the last line says where the checkpoint is
+    assert first.stdout.strip().splitlines()[-1].endswith(f"checkpoint: {checkpoints.resolve() / 'global_step_2'}")
+    assert resumed.stdout.strip().splitlines()[-1].endswith(f"checkpoint: {checkpoints.resolve() / 'global_step_3'}")
     assert "spro/msa_abs_mean" in resumed.metrics[3] and "timing_s/ref" in resumed.metrics[3]
     # The resumed run starts from the trained step-2 policy, not from the reference.
     assert resumed.metrics[3]["spro/msa_abs_mean"] > 0.0
@@ -153,6 +160,75 @@ def test_spro_beta0_matches_grpo(v1_spro_beta0: Run, v1_grpo: Run) -> None:
         assert spro["spro/beta"] == 0.0 and spro["spro/msa_abs_mean"] == 0.0
         for key in (*ADVANTAGE_KEYS, "critic/score/max", "critic/score/min", "critic/score/mean"):
             assert math.isclose(spro[key], grpo[key], rel_tol=1e-5, abs_tol=1e-6), (step, key, spro[key], grpo[key])
+
+
+def _run_processes_of(out: Path) -> list[int]:
+    """Live processes of the smoke run into ``out``: their environment names its verl metrics file exactly."""
+    from verl_spro.smoke import VERL_METRICS
+
+    needle = f"VERL_FILE_LOGGER_PATH={out.resolve() / VERL_METRICS}".encode()
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if needle in handle.read().split(b"\0"):
+                    pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_process_of_the_run_even_when_sigint_was_ignored(tmp_path: Path) -> None:
+    """Started as a background job is (SIGINT ignored, inherited), smoke still takes SIGINT: once Ray and the
+    workers are up, it stops them all within seconds, says so, and exits 130."""
+    import signal
+    import time
+
+    out = tmp_path / "o"
+    command = [sys.executable, "-m", "verl_spro.cli", "smoke", "--out", str(out), "--steps", "2"]
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        deadline = time.time() + 300
+        while len(_run_processes_of(out)) < 3 and time.time() < deadline and proc.poll() is None:
+            time.sleep(1)
+        started = _run_processes_of(out)
+        assert len(started) >= 3, f"main_ppo and Ray did not come up: {proc.poll()} {started}"
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (stdout, stderr)
+    assert "interrupted; stopping main_ppo" in stderr and "stopped" in stderr.splitlines()[-1], stderr
+    time.sleep(2)
+    assert not _run_processes_of(out), "processes of the run outlived it"
+
+
+def test_sigterm_before_main_ppo_starts_exits_143(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    out = tmp_path / "o"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "verl_spro.cli", "smoke", "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while not (out / "smoke_run.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)  # validated and locked: the model is being built
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, (stdout, stderr)
+    assert stderr.strip().splitlines()[-1] == "verl-spro smoke: stopped by SIGTERM before main_ppo started"
 
 
 # ------------------------------------------------------------------------------------------------ fast tests
@@ -206,18 +282,111 @@ def test_a_main_ppo_that_fails_by_itself_says_why(tmp_path: Path) -> None:
     assert "Could not override 'trainer.no_such_key'" in result.stderr
 
 
+@pytest.mark.parametrize("tracker", ["2", None, "not a number", "9"])
 def test_an_out_holding_checkpoints_is_not_wiped_without_fresh(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tracker: str | None
 ) -> None:
+    """Whatever verl's tracker file says (a step, nothing: missing, garbage, a step without its folder), an OUT
+    with checkpoints is refused without --resume/--fresh and left as it was."""
     checkpoints = tmp_path / "checkpoints"
-    (checkpoints / "global_step_2").mkdir(parents=True)
-    (checkpoints / "latest_checkpointed_iteration.txt").write_text("2")
+    (checkpoints / "global_step_2" / "actor").mkdir(parents=True)
+    (checkpoints / "global_step_2" / "actor" / "model.pt").write_text("weights")
+    if tracker is not None:
+        (checkpoints / "latest_checkpointed_iteration.txt").write_text(tracker)
     assert main(["smoke", "--out", str(tmp_path), "--steps", "2"]) == 2
     err = capsys.readouterr().err
-    assert "holds a checkpoint at step 2" in err and "--fresh" in err and "Traceback" not in err
-    assert (checkpoints / "global_step_2").is_dir(), "a refused run must leave the checkpoints as they were"
+    assert "holds an earlier run (checkpoints)" in err and "--fresh" in err and "--resume" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert (checkpoints / "global_step_2" / "actor" / "model.pt").read_text() == "weights"
     assert main(["smoke", "--out", str(tmp_path), "--resume", "--fresh", "--steps", "3"]) == 2
     assert "contradict" in capsys.readouterr().err
+    if tracker != "2":  # no checkpoint verl can resume: --resume says so instead of starting over
+        assert main(["smoke", "--out", str(tmp_path), "--resume", "--steps", "3"]) == 2
+        assert "no checkpoint verl can resume" in capsys.readouterr().err
+        assert (checkpoints / "global_step_2" / "actor" / "model.pt").is_file()
+
+
+def _checkpointed_out(out: Path, **made_with: object) -> Path:
+    (out / "checkpoints" / "global_step_2").mkdir(parents=True)
+    (out / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("2")
+    if made_with:
+        (out / "smoke_run.json").write_text(json.dumps(made_with))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--estimator", "grpo", "--estimator spro (not grpo)"),
+        ("--trainer", "legacy", "--trainer v1 (not legacy)"),
+        ("--seed", "1", "--seed 0 (not 1)"),
+    ],
+)
+def test_resume_refuses_another_experiment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, message: str
+) -> None:
+    out = _checkpointed_out(tmp_path, estimator="spro", trainer="v1", seed=0)
+    assert main(["smoke", "--out", str(out), "--resume", "--steps", "3", option, value]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_resume_without_a_record_of_the_checkpoint_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = _checkpointed_out(tmp_path)
+    assert main(["smoke", "--out", str(out), "--resume", "--steps", "3"]) == 2
+    assert "smoke_run.json is missing or unreadable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["a=b", "a,b", "caf\u00e9", "a#b"])
+def test_an_out_hydra_cannot_take_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    out = tmp_path / name
+    assert main(["smoke", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Hydra cannot take the path" in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("RAY_ADDRESS", "10.0.0.1:6379", "RAY_ADDRESS=10.0.0.1:6379 is exported"),
+        ("VERL_USE_EXTERNAL_PLUGINS", "none", "keeps verl from loading verl-spro"),
+    ],
+)
+def test_an_environment_main_ppo_would_fail_in_is_refused_up_front(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    message: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert main(["smoke", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_second_run_into_the_same_out_is_refused_by_the_lock(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from verl_spro.output_files import OutDirLock
+
+    out = tmp_path / "o"
+    out.mkdir()
+    first = OutDirLock(out)  # a running smoke holds it (another open file: flock refuses it like another process)
+    try:
+        assert main(["smoke", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"another run is writing there (PID {os.getpid()}" in err and len(err.strip().splitlines()) == 1, err
+        assert sorted(p.name for p in out.iterdir()) == [".verl-spro.lock"], "the refused run wrote into OUT"
+    finally:
+        first.release()
 
 
 def test_user_overrides_replace_defaults() -> None:

@@ -4,8 +4,10 @@ Each output row has ``data_source``, ``prompt`` (a list of chat messages ``{role
 ``reward_model {style: "rule", ground_truth}`` and ``extra_info {split, index, ability, layout, source_file,
 source_line}``. Input layouts, detected per row (or forced with ``--format``):
 
-  prime  PRIME's Eurus-2-RL-Data: already verl-shaped (data_source, prompt, ability, reward_model); kept as is
-         after validation (code rows need JSON test cases ``{"inputs": [...], "outputs": [...]}``).
+  prime  PRIME's Eurus-2-RL-Data: already verl-shaped; data_source, prompt messages (role, content), ability and
+         reward_model (style, ground_truth) are kept as they are after validation (code rows need JSON test cases
+         ``{"inputs": [...], "outputs": [...]}``). Like every layout, a row's extra_info is this tool's (the
+         fields below) and other columns are not written: the output schema is fixed.
   math   MATH: ``problem`` and ``solution``; the answer is the last \\boxed{...} of the solution.
   gsm8k  GSM8K: ``question`` and ``answer``; the answer is the number after ``####`` (or ``answer`` itself
          when it is a number).
@@ -20,12 +22,16 @@ JSONL report (``--rejects``, default ``OUTPUT.rejects.jsonl``), and summarised o
 
 Rows are streamed (JSONL a line at a time, parquet a batch at a time; the output is written in row groups), so
 memory does not grow with the input. Each line is decoded and parsed on its own: a line that is not UTF-8, not
-JSON, or nested too deeply is rejected with its line number, and the run goes on.
+JSON, nested too deeply, or longer than 32 MiB (:data:`MAX_LINE_BYTES`: parsing costs about 13 times a line's
+size, so one huge line cannot take the machine's memory) is rejected with its line number, and the run goes on.
+A file is read as parquet when its name ends in ``.parquet`` (any case) or it starts with parquet's magic bytes,
+as JSONL otherwise.
 
 Nothing is lost: an output or ``--rejects`` path that is one of the inputs (also through a symlink or hard link)
-is refused; every output is written to a hidden temporary file beside it (``.NAME.HOST.PID.*.tmp``) and renamed
-into place at the end, so an interrupted or killed run leaves the previous files as they were. Inputs and outputs
-are checked before any row is read.
+is refused, as are one input given twice (by path, symlink or hard link) and an empty path; every output is
+written to a hidden temporary file beside it (``.NAME.HOST.PID.*.tmp``) and renamed into place at the end, so an
+interrupted or killed run leaves the previous files as they were. Inputs and outputs are checked before any row
+is read.
 
 Exit status: 0 when rows were written, 1 when none were (or any row was rejected, with ``--strict``),
 2 when an input is missing or unreadable or an output path is refused or unwritable, 130 on Ctrl-C and 143 on
@@ -49,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from verl_spro.argtypes import positive_int
-from verl_spro.output_files import AtomicFile, OutputPathError, atomic_write, one_line
+from verl_spro.output_files import AtomicFile, OutputPathError, atomic_write, one_line, out_path
 from verl_spro.rewards import GSM8K_DATA_SOURCE, MATH_DATA_SOURCE
 
 LAYOUTS = ("prime", "math", "gsm8k")
@@ -61,6 +67,8 @@ MATH_INSTRUCTION = "Let's think step by step and output the final answer within 
 _GSM8K_ANSWER = re.compile(r"####\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?)\s*$")
 #: How many rejects the stderr summary lists one by one (the report file has all of them).
 _SHOWN_REJECTS = 20
+#: The longest JSONL line read (bytes); a longer one is rejected without being held in memory.
+MAX_LINE_BYTES = 32 << 20
 #: Rows per parquet read batch, and the bounds of one written row group (rows; approximate text bytes).
 _READ_BATCH_ROWS = 1024
 _WRITE_BATCH_ROWS = 4096
@@ -83,12 +91,16 @@ class Reject:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``verl-spro prepare-data``'s options."""
     parser.add_argument("inputs", nargs="+", help="input files: *.jsonl (one JSON object a line) or *.parquet")
-    parser.add_argument("-o", "--output", required=True, help="parquet file to write (verl's schema)")
+    parser.add_argument(
+        "-o", "--output", type=out_path("-o/--output"), required=True, help="parquet file to write (verl's schema)"
+    )
     parser.add_argument(
         "--format", choices=("auto", *LAYOUTS), default="auto", help="input layout (default: detected per row)"
     )
     parser.add_argument("--split", default="train", help="value of extra_info.split (default: train)")
-    parser.add_argument("--rejects", help="JSONL report of rejected rows (default: OUTPUT.rejects.jsonl)")
+    parser.add_argument(
+        "--rejects", type=out_path("--rejects"), help="JSONL report of rejected rows (default: OUTPUT.rejects.jsonl)"
+    )
     parser.add_argument(
         "--limit", type=positive_int("--limit"), default=None, help="stop after writing this many rows (>= 1)"
     )
@@ -106,10 +118,11 @@ class _Stopped(Exception):
 
 def run(args: argparse.Namespace) -> int:
     """Convert ``args.inputs`` into ``args.output``; see the module docstring for the exit status."""
-    rejects_path = args.rejects or f"{args.output}.rejects.jsonl"
+    args.output = str(args.output)
+    rejects_path = str(args.rejects or f"{args.output}.rejects.jsonl")
     outputs: list[AtomicFile] = []
     try:
-        with _stop_on_sigterm():
+        with _stop_on_signals():
             _check_inputs(args.inputs)
             _check_outputs({"--output": args.output, "--rejects": rejects_path}, args.inputs)
             outputs = [AtomicFile(args.output), AtomicFile(rejects_path)]
@@ -141,34 +154,40 @@ def run(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _stop_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM into :class:`_Stopped` so that temporary files are removed (main thread only)."""
+def _stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM into :class:`_Stopped` and SIGINT into ``KeyboardInterrupt`` so that temporary files are removed
+    (main thread only). SIGINT is set explicitly: a process started in the background inherits it ignored."""
 
     def handler(signum: int, frame: Any) -> None:
         raise _Stopped
 
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = signal.signal(signal.SIGTERM, handler), signal.signal(signal.SIGINT, signal.default_int_handler)
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
 
 
 def _check_inputs(paths: list[str]) -> None:
     """Every input is a readable regular file (parquet: with a readable footer); all problems in one message."""
     problems = []
+    seen: dict[tuple[int, int], str] = {}
     for path in paths:
-        if not os.path.exists(path):
+        if os.path.isfile(path) and _file_id(path) in seen:
+            problems.append(f"input {path} is the same file as input {seen[_file_id(path)]}: give each input once")
+        elif not os.path.exists(path):
             problems.append(f"input file not found: {path}")
         elif os.path.isdir(path):
             problems.append(f"input {path} is a directory, not a file")
         elif not os.path.isfile(path):
             problems.append(f"input {path} is not a regular file")
         else:
+            seen[_file_id(path)] = path
             try:
                 if _is_parquet(path):
                     import pyarrow.parquet as pq
@@ -386,6 +405,9 @@ def _convert_prime(row: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(reward_model, dict):
         raise RowError("missing field 'reward_model'")
     ground_truth = _answer_text(reward_model.get("ground_truth"), "reward_model.ground_truth")
+    style = reward_model.get("style") or "rule"
+    if not isinstance(style, str):
+        raise RowError(f"reward_model.style is {type(style).__name__}, not a string")
 
     ability = row.get("ability") or infer_ability(ground_truth)
     if not isinstance(ability, str):
@@ -393,7 +415,9 @@ def _convert_prime(row: dict[str, Any]) -> dict[str, Any]:
     ability = ability.lower()
     if ability == "code":
         _check_test_cases(ground_truth)
-    return _record(data_source, messages, ability, ground_truth, "prime")
+    record = _record(data_source, messages, ability, ground_truth, "prime")
+    record["reward_model"]["style"] = style
+    return record
 
 
 def _check_test_cases(ground_truth: str) -> None:
@@ -415,7 +439,14 @@ _CONVERTERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 
 def _is_parquet(path: str) -> bool:
-    return path.endswith(".parquet")
+    """By name (``.parquet`` in any case) or content (parquet files start with ``PAR1``; a JSONL line cannot)."""
+    if path.lower().endswith(".parquet"):
+        return True
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) == b"PAR1"
+    except OSError:
+        return False
 
 
 def _row_count(path: str) -> int:
@@ -450,13 +481,30 @@ def _jsonl_rows(path: str) -> Iterator[tuple[int, int, Any]]:
     """(1-based line, bytes, row or RowError) for every line: each line is decoded and parsed on its own."""
     try:
         with open(path, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
+            number = 0
+            while raw := handle.readline(MAX_LINE_BYTES + 1):
+                number += 1
+                if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                    size = len(raw) + _skip_line(handle)
+                    reason = f"line of {size:,} bytes, over the {MAX_LINE_BYTES:,}-byte limit per row"
+                    yield number, size, RowError(reason)
+                    continue
                 yield number, len(raw), _parse_line(raw[3:] if number == 1 and raw.startswith(_BOM) else raw)
     except OSError as exc:
         raise UsageError(f"cannot read input {path}: {one_line(exc)}") from None
 
 
 _BOM = b"\xef\xbb\xbf"
+
+
+def _skip_line(handle: Any) -> int:
+    """Read to the end of the current line in bounded chunks; returns the bytes skipped."""
+    skipped = 0
+    while chunk := handle.readline(1 << 20):
+        skipped += len(chunk)
+        if chunk.endswith(b"\n"):
+            break
+    return skipped
 
 
 def _parse_line(raw: bytes) -> Any:

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from verl_spro.argtypes import positive_int
-from verl_spro.output_files import OutputPathError, atomic_write, check_out_dir, one_line
+from verl_spro.argtypes import positive_int, positive_threads
+from verl_spro.output_files import OutDirLock, OutputPathError, atomic_write, claim_out_dir, one_line, out_path
 from verl_spro.stats import INTERVAL, MIN_SEEDS_FOR_INTERVAL, paired_difference, verdict
 from verl_spro.tiny_lm import SORT, Task
 
@@ -71,33 +70,19 @@ QUICK = Hyper(steps=80)  # and one seed
 SEED_MAX = 2**32 - 1  # numpy's and most tools' range; torch takes up to 2**64 - 1 and the loops add < 2**17
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def positive_threads(name: str) -> Callable[[str], int]:
-    """An argparse type for a thread or process count: 1 .. the CPUs this process may use."""
-    as_int = positive_int(name)
-
-    def parse(text: str) -> int:
-        value = as_int(text)
-        if value > usable_cpus():
-            raise argparse.ArgumentTypeError(f"{name} must be <= {usable_cpus()} (the CPUs available), got {value}")
-        return value
-
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register ``--quick``, ``--seeds``, ``--steps``, ``--out`` (and a few knobs) on ``parser``."""
     parser.add_argument("--quick", action="store_true", help="short run: 1 seed, 80 steps (about 1 min on 2 cores)")
     parser.add_argument("--seeds", type=positive_int("--seeds"), default=None, help="number of seeds (default 5)")
     parser.add_argument("--steps", type=positive_int("--steps"), default=None, help="RL steps per run")
-    parser.add_argument("--out", type=Path, default=Path("spro_demo"), help="output folder (default ./spro_demo)")
+    parser.add_argument(
+        "--out", type=out_path("--out"), default=Path("spro_demo"), help="output folder (default ./spro_demo)"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the results of an earlier run in --out (without it such an --out is refused)",
+    )
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed+seeds-1")
     parser.add_argument("--beta", type=float, default=None, help="SPRO intrinsic reward scale (default 0.05)")
     parser.add_argument("--threads", type=positive_threads("--threads"), default=1, help="torch CPU threads (1)")
@@ -126,10 +111,19 @@ def run(args: argparse.Namespace) -> int:
             return 2
         hp = replace(hp, beta=args.beta)
     n_seeds = args.seeds if args.seeds is not None else (1 if args.quick else 5)
-    problem = check_first_seed(args.first_seed, n_seeds) or check_out_dir(args.out, files=OUTPUT_FILES)
-    if problem is not None:
-        print(f"verl-spro demo: error: {problem}", file=sys.stderr)
+    claim = check_first_seed(args.first_seed, n_seeds) or claim_out_dir(
+        args.out, files=OUTPUT_FILES, earlier=OUTPUT_FILES, replace=args.force
+    )
+    if not isinstance(claim, OutDirLock):
+        print(f"verl-spro demo: error: {claim}", file=sys.stderr)
         return 2
+    try:
+        return _run_locked(args, hp, n_seeds)
+    finally:
+        claim.release()
+
+
+def _run_locked(args: argparse.Namespace, hp: Hyper, n_seeds: int) -> int:
 
     seeds = list(range(args.first_seed, args.first_seed + n_seeds))
     t0 = time.time()

@@ -37,6 +37,7 @@ from typing import Any
 
 from verl_spro.argtypes import int_in_range, positive_int
 from verl_spro.output_files import OutDirLock, atomic_write, claim_out_dir, out_path
+from verl_spro.processes import pid_alive
 from verl_spro.shm_leftovers import ShmLeftovers
 
 TRAINERS = ("v1", "legacy")
@@ -635,26 +636,8 @@ def stop_run(proc: subprocess.Popen[bytes], ray_tmp: Path, grace_s: float = 10.0
 
 
 def _alive(pids: list[int], skipped: dict[int, str]) -> bool:
-    for pid in pids:
-        if pid in skipped:
-            continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            continue
-        except PermissionError:
-            continue
-        if not _zombie(pid):
-            return True
-    return False
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
+    """Whether any of ``pids`` not ``skipped`` (not ours to signal) is still alive."""
+    return any(pid_alive(pid) for pid in pids if pid not in skipped)
 
 
 def _read_new_steps(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:

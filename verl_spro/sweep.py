@@ -25,17 +25,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from verl_spro.argtypes import positive_int
+from verl_spro.argtypes import positive_int, positive_threads, usable_cpus
 from verl_spro.demo import (
     Hyper,
     TrainingDiverged,
     check_first_seed,
-    positive_threads,
     save_figure,
-    usable_cpus,
     write_csv,
 )
-from verl_spro.output_files import OutputPathError, check_out_dir, one_line
+from verl_spro.output_files import OutDirLock, OutputPathError, claim_out_dir, one_line, out_path
 from verl_spro.stats import INTERVAL, paired_difference, verdict
 from verl_spro.tiny_lm import TASKS
 
@@ -125,7 +123,15 @@ def _tasks(text: str) -> tuple[str, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the sweep's options; the defaults are the pre-registered protocol."""
-    parser.add_argument("--out", type=Path, default=Path("spro_sweep"), help="output folder (default ./spro_sweep)")
+    parser.add_argument(
+        "--out", type=out_path("--out"), default=Path("spro_sweep"), help="output folder (default ./spro_sweep)"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the results of an earlier sweep in --out (they are deleted first, so no old file stays beside "
+        "new ones); without it such an --out is refused",
+    )
     parser.add_argument("--seeds", type=positive_int("--seeds"), default=SEEDS, help=f"seeds per arm ({SEEDS})")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed+seeds-1")
     parser.add_argument("--tasks", type=_tasks, default=SWEEP_TASKS, help=f"comma-separated ({','.join(SWEEP_TASKS)})")
@@ -151,10 +157,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    problem = check_first_seed(args.first_seed, args.seeds) or check_out_dir(args.out, files=OUTPUT_FILES)
-    if problem is not None:
-        print(f"verl-spro sweep: error: {problem}", file=sys.stderr)
+    claim = check_first_seed(args.first_seed, args.seeds) or claim_out_dir(
+        args.out, files=OUTPUT_FILES, earlier=OUTPUT_FILES, replace=args.force
+    )
+    if not isinstance(claim, OutDirLock):
+        print(f"verl-spro sweep: error: {claim}", file=sys.stderr)
         return 2
+    try:
+        for name in OUTPUT_FILES:  # --force: an interrupted sweep must not leave old results beside new ones
+            (args.out / name).unlink(missing_ok=True)
+        return _run_locked(args)
+    finally:
+        claim.release()
+
+
+def _run_locked(args: argparse.Namespace) -> int:
     hp = TINY if args.tiny else PROTOCOL
     workers = args.workers if args.workers is not None else min(2, usable_cpus())
     if args.steps is not None:
