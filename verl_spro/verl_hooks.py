@@ -11,8 +11,8 @@ so the registry alone cannot carry SPRO. The hooks below, installed by :func:`in
     it, it raises rather than silently dropping the process term.
 ``ray_trainer.compute_advantage``
     for ``adv_estimator=spro`` computes SPRO from the whole ``DataProto`` and stores the ``spro/*`` metrics in
-    ``data.meta_info``; every other estimator goes to verl's function untouched. Not installed when verl already
-    hands the batch to the registry entry (detected at install time). The V1 trainer (``ppo/v1/utils.py``) and
+    ``data.meta_info``; every other estimator goes to verl's function untouched. Installed on every supported verl
+    (0.9.x hands the batch to GDPO only, by name; nothing is probed at import). The V1 trainer (``ppo/v1/utils.py``) and
     ``experimental/separation`` import it by name: the post-import hook replaces it before they can.
 ``v1.utils.compute_advantage_for_multi_trajectories``
     for ``spro``, each agent session takes part through its final output, as verl's GRPO does (see
@@ -69,10 +69,11 @@ __all__ = [
     "SUPPORTED_VERL",
     "SUPPORTED_VERL_RANGE",
     "HookTargetError",
+    "check_target",
     "hook_failures",
     "install",
-    "passes_batch_to_estimators",
     "spro_unavailable",
+    "unsupported_verl",
 ]
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,6 @@ _WRAPPED = "__verl_spro_wraps__"
 _failures: dict[str, str] = {}  # hook target -> why it is not installed
 _warned = False
 _lock = threading.Lock()
-_batch_passed: dict[str, bool] = {}  # "compute_advantage" -> whether verl hands the batch to estimators
 
 
 class HookTargetError(RuntimeError):
@@ -110,10 +110,14 @@ def verl_version() -> str:
     return str(version)
 
 
-def _unsupported_version() -> str | None:
-    version = verl_version()
+def unsupported_verl(version: str | None = None) -> str | None:
+    """Why the verl in this process (or ``version``) is outside :data:`SUPPORTED_VERL_RANGE`, in one line; else None.
+
+    Development and local builds inside the range count (``0.9.2.dev0``, ``0.9.1+local``); ``0.10.0.dev0`` does not.
+    """
+    version = verl_version() if version is None else version
     try:
-        if Version(version) in SUPPORTED_VERL:
+        if SUPPORTED_VERL.contains(Version(version), prereleases=True):
             return None
     except InvalidVersion:
         pass
@@ -125,7 +129,7 @@ def _unsupported_version() -> str | None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _target(owner: Any, name: str, label: str, params: Iterable[str] = ()) -> Any:
+def check_target(owner: Any, name: str, label: str, params: Iterable[str] = ()) -> Any:
     """``owner.name``, checked to exist and to be a callable that takes ``params``."""
     value = getattr(owner, name, None)
     if value is None or not callable(value):
@@ -146,7 +150,7 @@ def _replace(
     """Replace ``owner.name`` by ``make_wrapper(original)``; for a module, also in every loaded verl module that
     imported it by name. ``owner`` may be a class (a method is replaced on the class)."""
     label = f"{owner.__module__}.{owner.__qualname__}" if isinstance(owner, type) else owner.__name__
-    original = _target(owner, name, f"{label}.{name}", params)
+    original = check_target(owner, name, f"{label}.{name}", params)
     if getattr(original, _WRAPPED, None) is not None:
         return
     wrapper = make_wrapper(original)
@@ -184,7 +188,7 @@ def _behaviour_hook(hook: Callable[[ModuleType], None]) -> Callable[[ModuleType]
 
     @functools.wraps(hook)
     def guarded(module: ModuleType) -> None:
-        reason = _unsupported_version()
+        reason = unsupported_verl()
         if reason is not None:
             raise HookTargetError(f"{module.__name__} ({hook.__name__})", reason)
         hook(module)
@@ -219,45 +223,13 @@ def _hook_core_algos(core_algos: ModuleType) -> None:
     registry = getattr(core_algos, "ADV_ESTIMATOR_REGISTRY", None)
     if not isinstance(registry, dict):
         raise HookTargetError("verl.trainer.ppo.core_algos.ADV_ESTIMATOR_REGISTRY", "missing")
-    register = _target(core_algos, "register_adv_est", "verl.trainer.ppo.core_algos.register_adv_est")
+    register = check_target(core_algos, "register_adv_est", "verl.trainer.ppo.core_algos.register_adv_est")
     if registry.get(ESTIMATOR_NAME) is not _spro_adv_estimator:
         register(ESTIMATOR_NAME)(_spro_adv_estimator)
 
 
-def passes_batch_to_estimators(ray_trainer: ModuleType, core_algos: ModuleType) -> bool:
-    """Whether verl's ``compute_advantage`` hands ``batch`` to a registered estimator whose signature asks for it.
-
-    Probed by running it once on a 1 x 1 batch with a throw-away estimator (unregistered afterwards): the answer
-    is what the code does, whatever its version. verl 0.9.1 does not (it passes the batch to GDPO only, by name).
-    """
-    seen: dict[str, Any] = {}
-    name = "__verl_spro_probe__"
-
-    def probe(token_level_rewards: torch.Tensor, response_mask: torch.Tensor, batch: Any = None, **_: Any):
-        seen["batch"] = batch
-        return torch.zeros_like(token_level_rewards), torch.zeros_like(token_level_rewards)
-
-    core_algos.ADV_ESTIMATOR_REGISTRY[name] = probe
-    try:
-        data = ray_trainer.DataProto.from_dict(
-            tensors={"token_level_rewards": torch.zeros(1, 1), "response_mask": torch.ones(1, 1)}
-        )
-        ray_trainer.compute_advantage(data, name, config={})
-    except Exception:
-        return False
-    finally:
-        core_algos.ADV_ESTIMATOR_REGISTRY.pop(name, None)
-    return seen.get("batch") is not None and seen["batch"] is data.batch
-
-
 def _hook_compute_advantage(ray_trainer: ModuleType) -> None:
     params = ("data", "adv_estimator", "norm_adv_by_std_in_grpo", "config")
-    original = _target(ray_trainer, "compute_advantage", "verl.trainer.ppo.ray_trainer.compute_advantage", params)
-    if getattr(original, _WRAPPED, None) is None:
-        core_algos = importlib.import_module("verl.trainer.ppo.core_algos")
-        _batch_passed["compute_advantage"] = passes_batch_to_estimators(ray_trainer, core_algos)
-    if _batch_passed.get("compute_advantage"):
-        return  # verl hands the registry entry what it needs: nothing to patch
 
     def spro(arguments: dict[str, Any]) -> None:
         data = arguments["data"]
@@ -284,7 +256,7 @@ def _hook_ppo_utils(ppo_utils: ModuleType) -> None:
         @functools.wraps(original)
         def need_reference_policy(config: Any) -> bool:
             if trains_with_spro(config):
-                _refuse_if_unavailable()
+                _refuse_if_unavailable(import_hooked=False)  # validate_config's hook made the full check
                 return True
             return bool(original(config))
 
@@ -301,9 +273,17 @@ def _check_spro_config(config: Any, use_reference_policy: bool) -> None:
         SproConfig.from_algorithm_config(algorithm)
     except SproConfigError as err:
         raise SproConfigError(f"{err} (adv_estimator=spro)") from None
+    problem = beta_overflow(SproConfig.from_algorithm_config(algorithm).beta)
+    if problem is not None:
+        raise SproConfigError(problem)
     rollout = _get(_get(config, "actor_rollout_ref"), "rollout")
     n = _get(rollout, "n", 1)
-    if n is None or int(n) < 2:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise SproConfigError(
+            f"actor_rollout_ref.rollout.n={n!r} is not an integer: it is the number of samples per prompt; set a "
+            "whole number, 2 or more (the paper uses 4)"
+        )
+    if n < 2:
         raise SproConfigError(
             f"adv_estimator=spro compares the samples of each prompt, but actor_rollout_ref.rollout.n={n}: every "
             "advantage would be 0. Set actor_rollout_ref.rollout.n to 2 or more (the paper uses 4)"
@@ -320,6 +300,20 @@ def _check_spro_config(config: Any, use_reference_policy: bool) -> None:
             "adv_estimator=spro with algorithm.rollout_correction.bypass_mode=true uses rollout_log_probs as "
             "old_log_probs: set actor_rollout_ref.rollout.calculate_log_probs=true"
         )
+
+
+#: The largest finite float32: SPRO's process term is float32, so a beta above it overflows at the first advantage.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def beta_overflow(beta: float) -> str | None:
+    """Why ``algorithm.spro.beta`` overflows float32 (the first advantage would fail, after a rollout), or None."""
+    if abs(beta) > FLOAT32_MAX:
+        return (
+            f"algorithm.spro.beta={beta:g} is beyond float32 (max {FLOAT32_MAX:.4g}): the process term would "
+            "overflow at the first advantage; use a small beta (the paper: 0.05)"
+        )
+    return None
 
 
 def _hook_validate_config(config_module: ModuleType) -> None:
@@ -435,13 +429,14 @@ def hook_failures() -> dict[str, str]:
         return dict(_failures)
 
 
-def spro_unavailable() -> str | None:
+def spro_unavailable(import_hooked: bool = True) -> str | None:
     """Why ``adv_estimator=spro`` cannot run in this process, in one line, or ``None`` when it can.
 
-    Imports every hooked verl module first (their hooks run then), so that a target missing in a module the
-    driver would not import before Ray (the trainers) is found before Ray starts.
+    With ``import_hooked`` (what ``validate_config``'s hook does), imports every hooked verl module first (their
+    hooks run then), so that a target missing in a module the driver would not import before Ray (the trainers) is
+    found before Ray starts; without it, only the modules already imported count (a cheap re-check).
     """
-    reason = _unsupported_version()
+    reason = unsupported_verl()
     if reason is not None:
         return f"adv_estimator=spro cannot run: {reason}; install a supported verl or use another estimator"
     if not _installed:
@@ -452,7 +447,7 @@ def spro_unavailable() -> str | None:
             f"adv_estimator=spro cannot run with VERL_USE_EXTERNAL_PLUGINS={policy}: verl would not load verl-spro "
             "in its Ray workers. Unset it, or list 'spro' in it"
         )
-    for module_name in HOOKS:
+    for module_name in HOOKS if import_hooked else ():
         try:
             importlib.import_module(module_name)
         except Exception as err:
@@ -468,8 +463,8 @@ def spro_unavailable() -> str | None:
     )
 
 
-def _refuse_if_unavailable() -> None:
-    reason = spro_unavailable()
+def _refuse_if_unavailable(import_hooked: bool = True) -> None:
+    reason = spro_unavailable(import_hooked)
     if reason is not None:
         raise SproConfigError(reason)
 
