@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
 
 
@@ -52,6 +53,27 @@ def finite_float_above(minimum: float, name: str) -> Callable[[str], float]:
             raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {text!r}")
         if value <= minimum:
             raise argparse.ArgumentTypeError(f"{name} must be > {minimum:g}, got {text}")
+        return value
+
+    return parse
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def positive_threads(name: str) -> Callable[[str], int]:
+    """An argparse type for a thread or process count: 1 .. the CPUs this process may use."""
+    as_int = positive_int(name)
+
+    def parse(text: str) -> int:
+        value = as_int(text)
+        if value > usable_cpus():
+            raise argparse.ArgumentTypeError(f"{name} must be <= {usable_cpus()} (the CPUs available), got {value}")
         return value
 
     return parse
