@@ -10,10 +10,10 @@ import argparse
 import importlib
 import importlib.util
 import sys
-import warnings
 from collections.abc import Sequence
 
 from verl_spro import __version__
+from verl_spro.quiet import quiet_verl_import_noise
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -66,8 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem is not None:
         print(problem, file=sys.stderr)
         return 2
-    # Importing verl on a CPU box warns about every optional engine it lacks (Apex, torchtitan, ...): noise here.
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(megatron|verl|transformer_engine)(\.|$)")
+    # Importing verl on a CPU box warns about every optional engine it lacks and about the missing GPU: noise here.
+    quiet_verl_import_noise()
     return int(args._module.run(args) or 0)
 
 

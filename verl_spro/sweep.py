@@ -249,12 +249,11 @@ def run_unit(
     """One task and seed: one warm-up shared by every arm, then RL in each arm. Returns (warm-up row, step rows).
 
     ``progress.update(1)`` is called after every RL step (``train_rl``'s tqdm-style progress)."""
-    import warnings
-
     from verl_spro.demo import torch_settings, train_rl, warm_up
+    from verl_spro.quiet import quiet_verl_import_noise
 
-    # A worker process does not inherit the CLI's filter: the same engine-availability noise, ignored the same way.
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(megatron|verl|transformer_engine)(\.|$)")
+    # A worker process does not inherit the CLI's filters: the same start-up noise, quieted the same way.
+    quiet_verl_import_noise()
     task = TASKS[task_name]
     t0 = time.time()
     rows: list[dict[str, Any]] = []
