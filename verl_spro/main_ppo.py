@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from verl_spro.output_files import one_line
+
 __all__ = ["check_nodes", "main", "plugin_not_in_effect", "ship_plugin"]
 
 #: verl imports the modules listed in this variable on ``import verl`` (``verl/__init__.py``), in every process.
@@ -82,11 +84,6 @@ class _Refused(BaseException):
     ~10 lines of "Error executing job" and traceback for an ``Exception``) to :func:`main`, which prints it last."""
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-    return text if isinstance(err, (ValueError, RuntimeError)) and text else f"{type(err).__name__}: {text}"
-
-
 def _refusing(function: Callable[..., Any]) -> Callable[..., Any]:
     """``function``, with any exception it raises turned into :class:`_Refused` carrying its message on one line."""
 
@@ -95,7 +92,8 @@ def _refusing(function: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return function(*args, **kwargs)
         except Exception as err:
-            raise _Refused(_one_line(err)) from err
+            # A ValueError/RuntimeError message says what is wrong; any other error is named by its type too.
+            raise _Refused(one_line(err, with_type=not isinstance(err, (ValueError, RuntimeError)))) from err
 
     return wrapper
 

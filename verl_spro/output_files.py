@@ -50,9 +50,18 @@ class OutputPathError(Exception):
     """An output path that cannot be written (one line, naming the path)."""
 
 
-def one_line(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return " ".join(text.split())
+def one_line(error: BaseException | str, with_type: bool = False) -> str:
+    """``error``'s message on one line (whitespace collapsed): the one helper behind every one-line error.
+
+    An exception without a message gives its type name; ``with_type`` prefixes the type name (``"KeyError: 'x'"``)
+    for messages that do not say what went wrong by themselves. A ``str`` is only collapsed.
+    """
+    if isinstance(error, str):
+        return " ".join(error.split())
+    text = " ".join(str(error).split())
+    if not text:
+        return type(error).__name__
+    return f"{type(error).__name__}: {text}" if with_type else text
 
 
 class AtomicFile:

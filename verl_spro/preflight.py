@@ -26,8 +26,10 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
+
+from verl_spro.output_files import one_line
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 
@@ -166,9 +168,7 @@ def format_table(checks: list[Check]) -> str:
     return "\n".join(lines)
 
 
-def _one_line(exc: BaseException | str) -> str:
-    text = exc if isinstance(exc, str) else (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-    return " ".join(text.split())
+_one_line = partial(one_line, with_type=True)  # a check's detail names the error type
 
 
 def _estimator(config: Any) -> str:
