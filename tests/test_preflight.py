@@ -272,3 +272,73 @@ def test_zero_negative_or_fractional_size_fails_naming_the_key(capsys, files, ov
     assert "ZeroDivisionError" not in out and "Traceback" not in out
     for name in ("batch sizes", "verl validate_config"):
         assert table[name] == ["WARN"], out
+
+
+# --- what main_ppo cannot run: refused by check (issue 20, item 7) ---------------------------------------------
+
+
+def test_a_relative_config_path_is_resolved_as_main_ppo_does(capsys, files, monkeypatch) -> None:
+    """main_ppo (Hydra) takes a relative --config-path from verl/trainer, not from the current directory."""
+    monkeypatch.chdir(os.path.dirname(REPO_CONFIG_DIR))
+    capsys.readouterr()
+    rc = cli_main(["check", "--config-path", "configs", "--config-name", "spro_fsdp2_7b", "--cpu-only"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "config composes" in _parse(out) and _parse(out)["config composes"] == ["FAIL"], out
+    assert "takes a relative path from its own folder" in out and f"--config-path={REPO_CONFIG_DIR}" in out
+
+
+@pytest.mark.parametrize(("cpu_only", "status", "rc"), [(False, "FAIL", 1), (True, "WARN", 0)])
+def test_an_unknown_rollout_fails_unless_cpu_only(capsys, files, cpu_only: bool, status: str, rc: int) -> None:
+    code, table, out = _check(capsys, files, "actor_rollout_ref.rollout.name=vlm", cpu_only=cpu_only)
+    assert table["rollout engine"] == [status], out
+    assert "unknown rollout name 'vlm': verl knows sglang, trtllm, vllm" in out
+    if cpu_only:
+        assert code == rc
+
+
+@pytest.mark.parametrize(
+    ("path", "name", "status", "message"),
+    [
+        ("{root}/reward.py", "score", "OK", "score in"),
+        ("{root}/missing.py", "score", "FAIL", "no such file"),
+        ("{root}/reward.py", "nope", "FAIL", "defines no such name"),
+        ("pkg://verl_spro.smoke", "compute_score", "OK", "compute_score in"),
+        ("pkg://verl_spro.smoke", "nope", "FAIL", "defines no such name"),
+    ],
+)
+def test_the_custom_reward_function_file_and_name_are_checked(
+    capsys, files, path: str, name: str, status: str, message: str
+) -> None:
+    reward = os.path.join(files["root"], "reward.py")
+    with open(reward, "w") as handle:
+        handle.write(
+            "import math\n\ndef score(data_source, solution_str, ground_truth, extra_info=None):\n    return 1.0\n"
+        )
+    path = path.format(root=files["root"])
+    _, table, out = _check(
+        capsys, files, f"reward.custom_reward_function.path={path}", f"reward.custom_reward_function.name={name}"
+    )
+    assert table["reward function"] == [status], out
+    assert message in out
+
+
+def test_a_beta_that_overflows_float32_fails(capsys, files) -> None:
+    rc, table, out = _check(capsys, files, "algorithm.spro.beta=1e300")
+    assert rc == 1 and table["spro config"] == ["FAIL"], out
+    assert "algorithm.spro.beta=1e+300 is beyond float32" in out
+    assert table["verl validate_config"] == ["FAIL"]  # the validation hook refuses it too, before any worker
+
+
+def test_the_validation_hook_refuses_a_non_integer_rollout_n(files) -> None:
+    from verl.trainer.main_ppo import need_critic, need_reference_policy, validate_config
+
+    from verl_spro.config import SproConfigError
+    from verl_spro.hydra_compose import compose_trainer_config
+
+    config = compose_trainer_config(
+        REPO_CONFIG_DIR, "spro_fsdp2_7b", [*_clean_overrides(files), "actor_rollout_ref.rollout.n=2.5"]
+    )
+    with pytest.raises(SproConfigError, match=r"actor_rollout_ref.rollout.n=2.5 is not an integer"):
+        validate_config(
+            config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config)
+        )

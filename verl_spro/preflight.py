@@ -144,8 +144,21 @@ def run_checks(
     from verl_spro.hydra_compose import compose_trainer_config
 
     source = f"{config_name or 'ppo_trainer'} from {config_path or 'verl.trainer.config'}"
+    resolved = main_ppo_config_dir(config_path)
+    if resolved is not None and not os.path.isdir(resolved):
+        hint = ""
+        if not os.path.isabs(config_path) and os.path.isdir(config_path):
+            hint = f"; it is a folder here: pass it absolute, --config-path={os.path.abspath(config_path)}"
+        return [
+            Check(
+                "config composes",
+                FAIL,
+                f"--config-path {config_path}: main_ppo (Hydra) takes a relative path from its own folder, "
+                f"{resolved} is not a directory{hint}",
+            )
+        ]
     try:
-        config = compose_trainer_config(config_path, config_name, overrides)
+        config = compose_trainer_config(resolved, config_name, overrides)
     except Exception as exc:
         return [Check("config composes", FAIL, f"{source}: {_one_line(exc)}")]
 
@@ -157,6 +170,16 @@ def run_checks(
         except Exception as exc:  # a check that crashes is a finding, not a reason to stop the others
             results.append(Check(check.__name__.removeprefix("check_").replace("_", " "), FAIL, _one_line(exc)))
     return results
+
+
+def main_ppo_config_dir(config_path: str | None) -> str | None:
+    """The folder ``python -m verl.trainer.main_ppo --config-path=config_path`` reads: Hydra takes a relative path
+    from the folder of the file that declares ``@hydra.main`` (verl/trainer), not from the current directory."""
+    if config_path is None or config_path.startswith("pkg://"):
+        return config_path
+    import verl.trainer.main_ppo as verl_main
+
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.realpath(verl_main.__file__)), config_path))
 
 
 def format_table(checks: list[Check]) -> str:
@@ -263,7 +286,12 @@ def check_spro_config(ctx: Context) -> Iterator[Check]:
         status = FAIL if _is_spro(ctx.config) else WARN
         yield Check("spro config", status, _one_line(str(exc)))
         return
-    if _is_spro(ctx.config):
+    from verl_spro.verl_hooks import beta_overflow
+
+    overflow = beta_overflow(spro.beta)
+    if overflow is not None:
+        yield Check("spro config", FAIL if _is_spro(ctx.config) else WARN, overflow)
+    elif _is_spro(ctx.config):
         yield Check("spro config", OK, f"beta={spro.beta}, msa_norm_by_std={spro.msa_norm_by_std}")
     else:
         yield Check("spro config", OK, f"unused (adv_estimator={_estimator(ctx.config)})")
@@ -332,9 +360,71 @@ def check_rollout(ctx: Context) -> Iterator[Check]:
     yield Check("rollout", OK, f"{name}, TP {rollout.tensor_model_parallel_size}, n={rollout.n}")
     module = {"vllm": "vllm", "sglang": "sglang", "trtllm": "tensorrt_llm"}.get(name)
     if module is None:
-        yield Check("rollout engine", WARN, f"unknown rollout name {name!r}; not import-checked")
+        from verl.workers.rollout.base import _ROLLOUT_REGISTRY
+
+        known = sorted({key[0] if isinstance(key, tuple) else str(key) for key in _ROLLOUT_REGISTRY})
+        if name in known:
+            yield Check("rollout engine", OK, f"{name} is registered in verl; not import-checked")
+        else:
+            yield Check(
+                "rollout engine",
+                ctx.gpu_fail,
+                f"unknown rollout name {name!r}: verl knows {', '.join(known)} (main_ppo would fail at the rollout)",
+            )
         return
     yield _import_check("rollout engine", module, ctx, f"{name} is installed and imports")
+
+
+def check_reward_function(ctx: Context) -> Iterator[Check]:
+    """``reward.custom_reward_function``: the file exists and defines the named function (read, not run)."""
+    from omegaconf import OmegaConf
+
+    custom = OmegaConf.select(ctx.config, "reward.custom_reward_function", default=None)
+    path = custom.get("path") if custom is not None else None
+    if not path:
+        return
+    name = custom.get("name")
+    where = "reward.custom_reward_function"
+    if not name:
+        yield Check("reward function", FAIL, f"{where}.path={path} but {where}.name is not set")
+        return
+    if str(path).startswith("pkg://"):
+        module_name = str(path)[len("pkg://") :].replace("/", ".").removesuffix(".py")
+        try:
+            defined = hasattr(importlib.import_module(module_name), name)
+        except Exception as exc:
+            yield Check("reward function", FAIL, f"{where}.path={path}: cannot import {module_name}: {_one_line(exc)}")
+            return
+    else:
+        if not os.path.isfile(path):
+            yield Check("reward function", FAIL, f"{where}.path={path}: no such file")
+            return
+        try:
+            defined = name in _top_level_names(path)
+        except (OSError, SyntaxError, ValueError) as exc:
+            yield Check("reward function", FAIL, f"{where}.path={path}: cannot be parsed: {_one_line(exc)}")
+            return
+    if not defined:
+        yield Check("reward function", FAIL, f"{where}.name={name}: {path} defines no such name")
+    else:
+        yield Check("reward function", OK, f"{name} in {path}")
+
+
+def _top_level_names(path: str) -> set[str]:
+    import ast
+
+    with open(path, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read(), filename=path)
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.ImportFrom | ast.Import):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return names
 
 
 def check_training_engine(ctx: Context) -> Iterator[Check]:
@@ -620,6 +710,7 @@ CHECKS: tuple[Callable[[Context], Iterator[Check]], ...] = (
     check_sizes,
     check_group_size,
     check_rollout,
+    check_reward_function,
     check_training_engine,
     check_gpus,
     check_model,
