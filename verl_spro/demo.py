@@ -603,14 +603,19 @@ def figure(rows: list[dict[str, Any]], hp: Hyper) -> Any:
             _band(ax_adv, spro.pivot(index="step", columns="seed", values=key), color, label)
     ax_adv.set_yscale("symlog", linthresh=1e-3)
     titles = (
-        (ax_acc, "accuracy"),
-        (ax_ent, "policy entropy (nats/token)"),
-        (ax_len, "response length (tokens)"),
-        (ax_adv, f"SPRO's two advantage terms, mean |.| per token (beta {hp.beta:g})"),
+        (ax_acc, "accuracy", "fraction of answers correct"),
+        (ax_ent, "policy entropy (nats/token)", "entropy (nats per token)"),
+        (ax_len, "response length (tokens)", "tokens per response"),
+        (
+            ax_adv,
+            f"SPRO's two advantage terms, mean |.| per token (beta {hp.beta:g})",
+            "mean |advantage| (symlog scale)",
+        ),
     )
-    for ax, title in titles:
+    for ax, title, ylabel in titles:
         ax.set_title(title)
         ax.set_xlabel("RL step")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     n_seeds = df["seed"].nunique()

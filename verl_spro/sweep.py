@@ -557,14 +557,33 @@ def summary_table(summary: pd.DataFrame, warmups: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+#: The y axis of each panel of sweep.png: what a point above 0 means.
+PANEL_YLABELS = {
+    "final_accuracy": "SPRO - GRPO, accuracy (up: SPRO better)",
+    "final_greedy_accuracy": "SPRO - GRPO, accuracy (up: SPRO better)",
+    "steps_to_target": "SPRO - GRPO, RL steps (up: SPRO slower, worse)",
+}
+
+
 def plot(summary: pd.DataFrame, out: Path) -> Path:
+    """Write :func:`figure` to ``OUT/sweep.png``."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(summary)
+    path = out / "sweep.png"
+    save_figure(fig, path)
+    plt.close(fig)
+    return path
+
+
+def figure(summary: pd.DataFrame) -> Any:
     """SPRO - GRPO against answer length, one line per beta with its 95% intervals, one panel per main measure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = ["final_accuracy", "final_greedy_accuracy", "steps_to_target"]
+    panels = list(PANEL_YLABELS)
     fig, axes = plt.subplots(1, len(panels), figsize=(15, 4.4))
     betas = sorted(summary["beta"].unique())
     for ax, measure in zip(axes, panels, strict=True):
@@ -579,12 +598,10 @@ def plot(summary: pd.DataFrame, out: Path) -> Path:
         ax.set_xticks(tasks["answer_tokens"], labels)
         ax.set_xlabel("task: mean correct answer length (tokens, EOS included)")
         ax.set_title(f"SPRO - GRPO: {MEASURES[measure]}")
+        ax.set_ylabel(PANEL_YLABELS[measure])
         ax.grid(alpha=0.3)
         ax.legend()
     n_seeds = int(summary["seeds"].max())
     fig.suptitle(f"Difference to GRPO, mean and {INTERVAL} over {n_seeds} paired seed(s)")
     fig.tight_layout()
-    path = out / "sweep.png"
-    save_figure(fig, path)
-    plt.close(fig)
-    return path
+    return fig
