@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from verl_spro.argtypes import int_in_range, positive_int
+from verl_spro.log_phases import StartupPhases
 from verl_spro.output_files import OutDirLock, atomic_write, claim_out_dir, out_path
 from verl_spro.processes import pid_alive
 from verl_spro.shm_leftovers import ShmLeftovers
@@ -292,7 +293,7 @@ def latest_checkpoint_step(checkpoints: Path) -> int | None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``verl-spro smoke``. Returns main_ppo's exit code (2 on bad arguments, 1 on a timeout)."""
-    _install_signal_handlers()
+    previous = _install_signal_handlers()
     try:
         problem = validate(args)
         claim = problem or claim_out_dir(
@@ -312,6 +313,9 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: {_stop_reason()} before main_ppo started", file=sys.stderr)
         return 128 + _stopped_by[0]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _run_locked(args: argparse.Namespace) -> int:
@@ -689,6 +693,7 @@ def run_trainer(command: list[str], out: Path, steps: int, timeout_s: int, resum
             log.write(f"\n==== {PROG} --resume, {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n".encode())
         log.write((" ".join(command) + "\n").encode())
         log.flush()
+        phases = StartupPhases(log_path)  # what main_ppo is doing until the first step line
         proc = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=trainer_env(out, ray_tmp), start_new_session=True
         )
@@ -704,6 +709,9 @@ def run_trainer(command: list[str], out: Path, steps: int, timeout_s: int, resum
                     history.flush()
                     print(progress_line(record, steps), flush=True)
                     done, last_progress = done + 1, time.time()
+                if done == 0:
+                    for line in phases.poll():
+                        print(f"{PROG}: {line}", flush=True)
                 if rc is None and time.time() - last_progress > timeout_s:
                     what = "Ray or a worker did not come up" if done == 0 else f"step {done + 1} did not finish"
                     print(f"{PROG}: error: {what} within {timeout_s} s (--timeout); see {log_path}", file=sys.stderr)
@@ -741,12 +749,12 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _install_signal_handlers() -> None:
+def _install_signal_handlers() -> dict[int, Any]:
     """SIGINT and SIGTERM raise KeyboardInterrupt here, whatever this process inherited (a shell started in the
-    background ignores SIGINT in its children: set explicitly, a Ctrl-C or ``kill -INT`` still stops the run)."""
+    background ignores SIGINT in its children: set explicitly, a Ctrl-C or ``kill -INT`` still stops the run).
+    Returns the previous handlers."""
     _stopped_by[0] = int(signal.SIGINT)
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    return {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
 def _stop_reason() -> str:
