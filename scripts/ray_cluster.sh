@@ -107,7 +107,7 @@ node_pid_is_ours() {
     fi
     args="$(ps -o args= -p "$pid" 2>/dev/null || true)"
     if [[ "$args" != *ray* || "$args" != *start* ]]; then
-        printf 'pid %s is not a `ray start` (%s)' "$pid" "${args%% *}"
+        printf "pid %s is not a 'ray start' (%s)" "$pid" "${args%% *}"
         return 1
     fi
 }

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
 import time
 
 NODE_PREFIX = "spro_node:"
+#: The smoke job checks a running cluster: a head that does not answer within this many seconds is not there.
+SMOKE_HEAD_WAIT_S = 5.0
 
 
 def _log(msg: str) -> None:
@@ -41,9 +44,28 @@ def _node_name(node: dict) -> str:
     return str(node.get("NodeManagerHostname", "?")).split(".")[0]
 
 
+def _head_answers(address: str, seconds: float) -> bool:
+    """True once a TCP connection to the head's HOST:PORT succeeds within ``seconds`` (True for "auto": Ray finds
+    the address itself). Ray's own connect to a dead address retries for about a minute, printing warnings."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return True
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=2.0):
+                return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
+
+
 def _connect(address: str, deadline: float) -> None:
     import ray
 
+    if not _head_answers(address, max(0.0, deadline - time.monotonic())):
+        raise TimeoutError(f"no Ray head at {address}")
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
@@ -142,6 +164,9 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    if not _head_answers(args.address, SMOKE_HEAD_WAIT_S):
+        _log(f"SMOKE FAILED: no Ray head at {args.address} (start one with `scripts/ray_cluster.sh head`)")
+        return 3
     deadline = time.monotonic() + args.timeout
     _connect(args.address, deadline)
     nodes = _alive_nodes()
@@ -178,7 +203,14 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    what = sys.argv[1] if len(sys.argv) > 1 else "ray_tools"
+    _log(f"stopped by SIGTERM ({what}); the Ray cluster itself keeps running")
+    os._exit(143)  # not sys.exit: a Ray call in progress would swallow it, and there is nothing to clean up here
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("wait", "smoke"):

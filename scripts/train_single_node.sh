@@ -16,12 +16,13 @@
 #   SPRO_GPUS_PER_NODE                GPUs to use (default: `nvidia-smi -L` count; none: the config's value)
 #   SPRO_SKIP_CHECK=1                 skip the preflight; SPRO_CHECK_CMD replaces `verl-spro check`
 #   SPRO_ENV_FILE                     file sourced first (site env, secrets: never printed)
-#   SPRO_PYTHON=python                the interpreter
+#   SPRO_PYTHON=python                the interpreter (default: the active environment's, else <repo>/.venv's)
 #   SPRO_DRY_RUN=1                    print the command (one argument per line) instead of running it
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+spro_use_env
 
 config_name="${SPRO_CONFIG_NAME:-spro_fsdp2_7b}"
 if [[ $# -gt 0 && "$1" != *=* && "$1" != -* ]]; then
