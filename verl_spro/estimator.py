@@ -314,13 +314,14 @@ def compute_spro_advantage(
     chunks = _row_chunks(batch_size, length, device)
 
     # ``adv`` is the one [B, T] buffer of results: it holds the log-ratio, then the masked cumulative process reward
-    # R, then the MSA and finally the returned advantages. ``mask``: response_mask as float32 0/1 (float * float ops
-    # are vectorised; mixed bool/int * float ops are several times slower). ``scratch``: one chunk of widened inputs
-    # and of |msa|, never read across steps.
+    # R, then the MSA and finally the returned advantages. ``mask_chunk``: a chunk of response_mask as float32 0/1
+    # (float * float ops are vectorised; mixed bool/int * float ops are several times slower), converted again in
+    # each sweep rather than kept whole (a [B, T] buffer more; reading the int64 mask twice moves as many bytes).
+    # ``scratch``: one chunk of widened inputs and of |msa|, never read across steps.
     adv = torch.empty(shape, dtype=torch.float32, device=device)
-    same = response_mask.dtype == torch.float32
-    mask = response_mask if same else torch.empty(shape, dtype=torch.float32, device=device)
-    scratch = torch.empty((chunks[0].stop - chunks[0].start, length), dtype=torch.float32, device=device)
+    chunk_shape = (chunks[0].stop - chunks[0].start, length)
+    mask_chunk = torch.empty(chunk_shape, dtype=torch.float32, device=device)
+    scratch = torch.empty(chunk_shape, dtype=torch.float32, device=device)
     count = torch.zeros((n_groups, length), dtype=torch.float32, device=device)  # active members per position
     group_r = torch.zeros((n_groups, length), dtype=torch.float32, device=device)  # their summed R
     row_tokens = torch.empty(batch_size, dtype=torch.float32, device=device)
@@ -328,6 +329,12 @@ def compute_spro_advantage(
     scores = torch.empty(batch_size, dtype=torch.float32, device=device)
     mask_ok, r_finite = [], []
     widen = torch.result_type(old_log_probs, ref_log_probs) != torch.float32
+
+    def mask_rows(rows: slice) -> torch.Tensor:
+        """Rows of ``response_mask`` as float32 (in ``mask_chunk`` unless already float32)."""
+        if response_mask.dtype == torch.float32:
+            return response_mask[rows]
+        return mask_chunk[: rows.stop - rows.start].copy_(response_mask[rows])
 
     def widened(tensor: torch.Tensor, rows: slice) -> torch.Tensor:
         """Rows of ``tensor`` as float32 (in ``scratch`` unless already float32)."""
@@ -338,7 +345,7 @@ def compute_spro_advantage(
     # 1-2. intrinsic reward (beta is applied to the MSA: it is linear in beta), its running sum R, group sums of R
     # and of the mask; the scores (verl's GRPO sums every position, in fp32 here).
     for rows in chunks:
-        m, r = (mask[rows] if same else mask[rows].copy_(response_mask[rows])), adv[rows]
+        m, r = mask_rows(rows), adv[rows]
         mask_ok.append(_mask_is_0_1(response_mask, m))
         torch.sum(widened(token_level_rewards, rows), dim=1, out=scores[rows])
         if widen:  # bf16/fp16 pairs would be subtracted (and rounded) in half precision: widen first
@@ -358,14 +365,14 @@ def compute_spro_advantage(
     if not bool(torch.stack(r_finite).all()):
         # Rare: NaN/inf somewhere in old/ref. On an active position it is an error; on padding it must count as 0,
         # which ``x * 0`` above does not do for NaN/inf: redo R and its group sums with masked_fill_.
-        active = mask.bool()
+        active = response_mask != 0
         r = torch.sub(old_log_probs.float(), ref_log_probs.float()).masked_fill_(~active, 0.0).cumsum_(dim=1)
         _raise_on_non_finite("old_log_probs/ref_log_prob", r[:, -1], (old_log_probs, ref_log_probs), active)
         cpr_at_eos.copy_(r[:, -1])
-        group_r.zero_().index_add_(0, gid, adv.copy_(r).mul_(mask))
+        group_r.zero_().index_add_(0, gid, adv.copy_(r.masked_fill_(~active, 0.0)))
         del r
     if not bool(torch.isfinite(scores).all()):  # a NaN/inf on padding counts as 0, like a log-prob there
-        active = mask.bool()
+        active = response_mask != 0
         rewards = torch.where(torch.isfinite(token_level_rewards).logical_or_(active), token_level_rewards, 0.0)
         scores = rewards.sum(dim=-1, dtype=torch.float32)
         _raise_on_non_finite("token_level_rewards", scores, (token_level_rewards,), active)
@@ -381,14 +388,14 @@ def compute_spro_advantage(
     # 3. masked step advantage msa = beta * m * (R - baseline) (a position with one active member has baseline ==
     # its own R exactly, x / 1, so msa is exactly 0 there), optionally over the group std; then 5. the advantages
     # m * (outcome + msa), in place.
-    def subtract_baseline(rows: slice) -> torch.Tensor:
-        return adv[rows].addcmul_(mask[rows], baseline.index_select(0, gid[rows]), value=-1.0).mul_(beta)
+    def subtract_baseline(rows: slice, m: torch.Tensor) -> torch.Tensor:
+        return adv[rows].addcmul_(m, baseline.index_select(0, gid[rows]), value=-1.0).mul_(beta)
 
     std = None
     if msa_norm_by_std:
         group_sq = torch.zeros_like(count)
         for rows in chunks:
-            msa = subtract_baseline(rows)
+            msa = subtract_baseline(rows, mask_rows(rows))
             group_sq.index_add_(0, gid[rows], torch.mul(msa, msa, out=scratch[: rows.stop - rows.start]))
         # std of the CPRs themselves (beta included), so epsilon keeps its meaning relative to them.
         var = group_sq.div_((count - 1.0).clamp(min=1.0))
@@ -396,13 +403,14 @@ def compute_spro_advantage(
     msa_copy = torch.empty_like(adv) if keep_msa else None
     abs_sum, abs_max = [], []
     for rows in chunks:
-        msa = subtract_baseline(rows) if std is None else adv[rows].div_(std.index_select(0, gid[rows]))
+        m = mask_rows(rows)
+        msa = subtract_baseline(rows, m) if std is None else adv[rows].div_(std.index_select(0, gid[rows]))
         msa_abs = torch.abs(msa, out=scratch[: rows.stop - rows.start])
         abs_sum.append(msa_abs.sum())
         abs_max.append(msa_abs.max())
         if msa_copy is not None:
             msa_copy[rows] = msa
-        msa.addcmul_(mask[rows], row_outcome[rows])
+        msa.addcmul_(m, row_outcome[rows])
     msa_abs_sum = torch.stack(abs_sum).sum()
     if not bool(torch.isfinite(msa_abs_sum)):
         raise SproInputError(
