@@ -126,7 +126,7 @@ def _finished(python: Path, out: Path, *args: str, **env: str) -> Run:
 
 @pytest.fixture(scope="module")
 def v1_spro(vllm_env: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """V1 spro with the engine's weight checksums and the actor saved as a HF model; then ``--resume --steps 4``,
+    """V1 spro with the engine's weight checksums and the actor saved as a HF model; then ``--resume --steps 5``,
     interrupted by SIGINT once step 3 is logged."""
     out = tmp_path_factory.mktemp("vllm_v1_spro")
     first = _finished(
@@ -141,11 +141,11 @@ def v1_spro(vllm_env: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     shm_before = _shm_entries()
     command = [str(vllm_env), "-m", "verl_spro.cli", "smoke", "--rollout", "vllm", "--out", str(out)]
     proc = subprocess.Popen(
-        [*command, "--steps", "4", "--resume"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*command, "--steps", "5", "--resume"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     deadline = time.time() + SMOKE_TIMEOUT_S
     while proc.poll() is None and time.time() < deadline and 3 not in _metrics(out):
-        time.sleep(2)
+        time.sleep(0.5)
     step3_seen = 3 in _metrics(out)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=300)
@@ -236,7 +236,8 @@ def test_resume_continues_and_ctrl_c_leaves_nothing(v1_spro: dict[str, Any]) -> 
     assert v1_spro["step3_seen"], resumed.stdout + resumed.stderr + "\n".join(resumed.log.splitlines()[-40:])
     assert resumed.returncode == 130, resumed.stderr
     assert "interrupted" in resumed.stderr and "Traceback" not in resumed.stderr
-    assert 3 in resumed.metrics and 1 not in resumed.metrics and 2 not in resumed.metrics
+    # metrics.jsonl keeps the first run's steps and gains the resumed run's
+    assert {step: resumed.metrics[step] for step in (1, 2)} == v1_spro["first"].metrics and 3 in resumed.metrics
     assert resumed.metrics[3]["spro/msa_abs_mean"] > 0.0  # it starts from the trained step-2 policy
     assert "timing_s/ref" in resumed.metrics[3]
     assert not resumed.processes_left, resumed.processes_left
@@ -282,7 +283,11 @@ _PLUGIN_STATE = """
             layer.weight.mul_(2.0)  # what verl's sync does: overwrite the weight in place
         x = torch.randn(3, 64)
         follows = torch.allclose(layer.cpu_linear(x, layer.weight, None), x @ layer.weight.T, atol=1e-5)
+    backend = "verl_spro.cpu_backend" in sys.modules
+    if backend:  # verl's device in this vLLM process (verl imported after the backend, as in vLLM's workers)
+        from verl.utils.device import get_device_name
     print(json.dumps({
+        "verl_device": get_device_name() if backend else None,
         "replaced": hasattr(utils.dispatch_cpu_unquantized_gemm, "__verl_spro_vllm_fix__"),
         "backend_imported": "verl_spro.cpu_backend" in sys.modules,
         "weight_kept": weight_kept,
@@ -293,14 +298,21 @@ _PLUGIN_STATE = """
 
 def test_plugin_leaves_vllm_untouched_without_the_cpu_backend(vllm_env: Path) -> None:
     state = _vllm_python(vllm_env, _PLUGIN_STATE, VERL_USE_EXTERNAL_MODULES="")
-    assert state["replaced"] is False and state["backend_imported"] is False
+    assert state["replaced"] is False and state["backend_imported"] is False and state["verl_device"] is None
     # vLLM's own CPU path packs the weight for oneDNN and drops it: what breaks verl's sync.
     assert state["weight_kept"] == 0
 
 
 def test_plugin_keeps_the_weight_with_the_cpu_backend(vllm_env: Path) -> None:
     state = _vllm_python(vllm_env, _PLUGIN_STATE, VERL_USE_EXTERNAL_MODULES="verl_spro.cpu_backend")
-    assert state == {"replaced": True, "backend_imported": True, "weight_kept": 64 * 32, "follows_weight": True}
+    # verl's platform is the CPU in vLLM's processes too: verl's weight receiver synchronises "the device"
+    assert state == {
+        "verl_device": "cpu",
+        "replaced": True,
+        "backend_imported": True,
+        "weight_kept": 64 * 32,
+        "follows_weight": True,
+    }
 
 
 def test_fix_refuses_a_changed_target_in_one_line(vllm_env: Path) -> None:

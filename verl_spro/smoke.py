@@ -701,8 +701,8 @@ def run_trainer(command: list[str], out: Path, steps: int, timeout_s: int, resum
             while rc is None:
                 time.sleep(1.0)
                 rc = proc.poll()
-                if int(time.time() - start) % 5 == 0:
-                    leftovers.scan([proc.pid, *run_pids(proc.pid, ray_tmp)])
+                # Every second: a vLLM process that dies (an engine failure) takes its hold on /dev/shm with it.
+                leftovers.scan([proc.pid, *run_pids(proc.pid, ray_tmp)])
                 records, offset = _read_new_steps(verl_metrics, offset)
                 for record in records:
                     history.write((json.dumps(record) + "\n").encode())

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.metadata
 import inspect
 import logging
 import os
@@ -105,8 +106,14 @@ def verl_version() -> str:
     if version is None:
         try:
             version = importlib.import_module("verl").__version__
-        except Exception:  # a verl that does not import at all: nothing of ours can run anyway
-            return "unknown"
+        except Exception:
+            # verl still initialising: a hook run from inside its own import (verl/__init__ imports
+            # verl.plugin.platform before it sets __version__, e.g. when the CPU backend was imported first, as in
+            # vLLM's processes). Its installed distribution's version is the one being imported.
+            try:
+                version = importlib.metadata.version("verl")
+            except Exception:  # a verl that does not import at all: nothing of ours can run anyway
+                return "unknown"
     return str(version)
 
 
