@@ -450,11 +450,42 @@ def test_time_limit_warning_signal_stops_ray_cleanly(slurm_cluster, tmp_path):
     _assert_torn_down(slurm_cluster, job_id)
 
 
+def test_container_image_wraps_every_step(slurm_cluster, tmp_path):
+    """SPRO_CONTAINER_IMAGE=*.sif runs every step through `apptainer exec` (a stand-in that logs and runs the command:
+    there is no Apptainer here)."""
+    bindir, calls = tmp_path / "bin", tmp_path / "apptainer-calls.log"
+    bindir.mkdir()
+    fake = bindir / "apptainer"
+    fake.write_text(
+        "#!/bin/bash\n"
+        f'echo "$(hostname) $*" >> {calls}\n'
+        '[[ "$1" == exec ]] && shift\n'
+        'while [[ "$1" == --* ]]; do [[ "$1" == --bind ]] && shift; shift; done\n'
+        'shift\nexec "$@"\n'  # the image
+    )
+    fake.chmod(0o755)
+    image = tmp_path / "verl-spro.sif"
+    image.write_text("not an image")
+    env = _job_env(slurm_cluster, SPRO_CONTAINER_IMAGE=str(image))
+    env["PATH"] = f"{bindir}:{env['PATH']}"
+    job_id, info, output, _ = _submit(slurm_cluster, tmp_path, env)
+    assert info["JobState"] == "COMPLETED", output
+    assert f"container {image}" in output and "SMOKE OK: 2 node(s)" in output
+    lines = calls.read_text().splitlines()
+    prefix = f"exec --bind {REPO},{tmp_path} {image} "
+    assert any(line.startswith(f"n1 {prefix}ray start --head") for line in lines), lines
+    assert any(line.startswith(f"n2 {prefix}env -u SPRO_RAY_NODE_IP SPRO_NODE_NAME=n2") for line in lines), lines
+    assert any(line.startswith(f"n1 {prefix}{sys.executable} {REPO}/scripts/ray_tools.py wait") for line in lines)
+    assert any(line.startswith(f"n1 {prefix}{sys.executable} {REPO}/scripts/ray_tools.py smoke") for line in lines)
+    assert "--nv" not in calls.read_text()  # no GPUs on these nodes
+    _assert_torn_down(slurm_cluster, job_id)
+
+
 # --- real training across both nodes (CPU backend) ---------------------------------------------------------------
 TRAIN_CPUS = NODE_CPUS
 
 
-def _training_env(cluster: SlurmCluster, out: Path, metrics: Path) -> dict[str, str]:
+def _training_env(cluster: SlurmCluster, metrics: Path) -> dict[str, str]:
     from verl_spro.hydra_compose import VERL_CONFIG_MODULE
 
     verl_config_dir = Path(__import__(VERL_CONFIG_MODULE, fromlist=["_"]).__file__).parent
@@ -495,6 +526,7 @@ def _assert_trained_on_both_nodes(cluster: SlurmCluster, output: str) -> None:
     assert re.search(rf"\(WorkerDict pid=\d+, ip={re.escape(cluster.node_ip['n2'])}\)", output), output
 
 
+@pytest.mark.slow
 def test_two_node_training_checkpoint_resume_and_scancel(slurm_cluster, tmp_path):
     """verl's main_ppo with adv_estimator=spro over both SLURM nodes: 2 steps and a checkpoint, a resumed job, then
     a job cancelled mid-step that leaves nothing behind and the checkpoint intact."""
@@ -503,7 +535,7 @@ def test_two_node_training_checkpoint_resume_and_scancel(slurm_cluster, tmp_path
 
     # 1. two steps, FSDP actor over 2 ranks (one logical GPU on each node, gloo over TCP between them).
     metrics = tmp_path / "metrics-1.jsonl"
-    env = _training_env(slurm_cluster, out, metrics)
+    env = _training_env(slurm_cluster, metrics)
     job_id, info, output, elapsed = _submit(
         slurm_cluster, tmp_path, env, *two_rank_overrides(out, steps=2, resume=False), cpus=TRAIN_CPUS, timeout=420
     )
@@ -527,7 +559,7 @@ def test_two_node_training_checkpoint_resume_and_scancel(slurm_cluster, tmp_path
 
     # 2. resumed from global_step_2: step 3 only, then its checkpoint.
     metrics = tmp_path / "metrics-2.jsonl"
-    env = _training_env(slurm_cluster, out, metrics)
+    env = _training_env(slurm_cluster, metrics)
     job_id, info, output, elapsed = _submit(
         slurm_cluster, tmp_path, env, *two_rank_overrides(out, steps=3, resume=True), cpus=TRAIN_CPUS, timeout=420
     )
@@ -541,7 +573,7 @@ def test_two_node_training_checkpoint_resume_and_scancel(slurm_cluster, tmp_path
     # 3. resumed again (to step 6, no checkpoint before the end) and cancelled with scancel in the middle of step 5.
     before = _checkpoint_digest(checkpoints / "global_step_3")
     metrics = tmp_path / "metrics-3.jsonl"
-    env = _training_env(slurm_cluster, out, metrics)
+    env = _training_env(slurm_cluster, metrics)
     t0 = time.monotonic()
     job_id = _start(slurm_cluster, tmp_path, env, *two_rank_overrides(out, steps=6, resume=True), cpus=TRAIN_CPUS)
     _wait_for(lambda: 4 in _steps(metrics), 420, "step 4 of the third job", interval=0.5)
