@@ -317,7 +317,7 @@ def compute_spro_advantage(
     # R, then the MSA and finally the returned advantages. ``mask_chunk``: a chunk of response_mask as float32 0/1
     # (float * float ops are vectorised; mixed bool/int * float ops are several times slower), converted again in
     # each sweep rather than kept whole (a [B, T] buffer more; reading the int64 mask twice moves as many bytes).
-    # ``scratch``: one chunk of widened inputs and of |msa|, never read across steps.
+    # ``scratch``: one chunk of widened inputs, gathered group values or |msa|, never read across steps.
     adv = torch.empty(shape, dtype=torch.float32, device=device)
     chunk_shape = (chunks[0].stop - chunks[0].start, length)
     mask_chunk = torch.empty(chunk_shape, dtype=torch.float32, device=device)
@@ -388,8 +388,12 @@ def compute_spro_advantage(
     # 3. masked step advantage msa = beta * m * (R - baseline) (a position with one active member has baseline ==
     # its own R exactly, x / 1, so msa is exactly 0 there), optionally over the group std; then 5. the advantages
     # m * (outcome + msa), in place.
+    def spread(group_values: torch.Tensor, rows: slice) -> torch.Tensor:
+        """Each row's group values (``[n_groups, T]`` -> the chunk's ``[rows, T]``), gathered into ``scratch``."""
+        return torch.index_select(group_values, 0, gid[rows], out=scratch[: rows.stop - rows.start])
+
     def subtract_baseline(rows: slice, m: torch.Tensor) -> torch.Tensor:
-        return adv[rows].addcmul_(m, baseline.index_select(0, gid[rows]), value=-1.0).mul_(beta)
+        return adv[rows].addcmul_(m, spread(baseline, rows), value=-1.0).mul_(beta)
 
     std = None
     if msa_norm_by_std:
@@ -404,7 +408,7 @@ def compute_spro_advantage(
     abs_sum, abs_max = [], []
     for rows in chunks:
         m = mask_rows(rows)
-        msa = subtract_baseline(rows, m) if std is None else adv[rows].div_(std.index_select(0, gid[rows]))
+        msa = subtract_baseline(rows, m) if std is None else adv[rows].div_(spread(std, rows))
         msa_abs = torch.abs(msa, out=scratch[: rows.stop - rows.start])
         abs_sum.append(msa_abs.sum())
         abs_max.append(msa_abs.max())
