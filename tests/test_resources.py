@@ -184,8 +184,9 @@ def test_gpu_config_on_this_cpu_ray_cluster_stops_in_one_line_leaving_nothing_ru
             "actor_rollout_ref.rollout.n=1: every advantage would be 0",
         ),
         (["data.train_batch_size=-3"], "AssertionError: real_train_batch_size (-3) must be divisible"),  # verl's own
+        (["algorithm.spro.bta=1"], "Could not override 'algorithm.spro.bta'. To append to your config use +algorithm"),
     ],
-    ids=["spro-n1", "verl-assert"],
+    ids=["spro-n1", "verl-assert", "hydra-typo"],
 )
 def test_a_config_refused_at_validation_prints_its_reason_last_without_a_traceback(tmp_path, overrides, reason):
     r = _main_ppo(tmp_path, *overrides, timeout=120)

@@ -68,6 +68,7 @@ def main() -> None:
     if not os.environ.get("HYDRA_FULL_ERROR"):  # Hydra's switch for the full traceback keeps its meaning
         for name in _REFUSING:
             setattr(verl_main, name, _refusing(getattr(verl_main, name)))
+        _compact_hydra_errors_refuse()
     try:
         verl_main.main()
     except _Refused as refusal:
@@ -82,6 +83,35 @@ _REFUSING = ("need_reference_policy", "validate_config")
 class _Refused(BaseException):
     """A config refused before Ray: a ``BaseException``, so that it passes through Hydra's job runner (which prints
     ~10 lines of "Error executing job" and traceback for an ``Exception``) to :func:`main`, which prints it last."""
+
+
+def _compact_hydra_errors_refuse() -> None:
+    """A command line Hydra cannot compose (an unknown key without ``+``, a bad value) ends, like a refused config,
+    with its reason on one last line: Hydra would print it in several lines, then its HYDRA_FULL_ERROR hint.
+
+    Hydra reports through ``hydra._internal.utils.run_and_report`` (private: when it is missing, Hydra's own
+    report stays); only its compact errors are turned into :class:`_Refused`, anything else reaches it unchanged."""
+    try:
+        import hydra._internal.utils as hydra_utils
+        from hydra.errors import CompactHydraException
+    except ImportError:
+        return
+    original = getattr(hydra_utils, "run_and_report", None)
+    if original is None or hasattr(original, "__verl_spro_wraps__"):
+        return
+
+    def run_and_report(func: Callable[[], Any]) -> Any:
+        def compact_refused() -> Any:
+            try:
+                return func()
+            except CompactHydraException as err:
+                cause = err.__cause__
+                raise _Refused(one_line(f"{err} {cause}" if cause is not None else str(err))) from err
+
+        return original(compact_refused)
+
+    run_and_report.__verl_spro_wraps__ = original  # type: ignore[attr-defined]
+    hydra_utils.run_and_report = run_and_report
 
 
 def _refusing(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -114,16 +144,26 @@ def ship_plugin(config: Any, environ: dict[str, str] | None = None) -> None:
 
     env = os.environ if environ is None else environ
     package_dir = str(Path(__file__).resolve().parent)
+    key = "ray_kwargs.ray_init.runtime_env"
+
+    def check(value: Any, kind: type, what: str) -> None:  # a bad runtime_env is refused, never silently replaced
+        if value is not None and not (OmegaConf.is_config(value) and isinstance(OmegaConf.to_object(value), kind)):
+            shape = "a list" if kind is list else "a mapping"
+            raise _Refused(f"{what} must be {shape}, got {value!r}; fix the override")
+
     with open_dict(config):
         ray_init = config.ray_kwargs.setdefault("ray_init", {})
+        check(ray_init.get("runtime_env"), dict, key)
         if ray_init.get("runtime_env") is None:
             ray_init.runtime_env = {}
         runtime_env = ray_init.runtime_env
         existing = runtime_env.get("py_modules")
-        py_modules = list(OmegaConf.to_container(existing, resolve=True) if OmegaConf.is_config(existing) else [])
+        check(existing, list, f"{key}.py_modules")
+        py_modules = list(OmegaConf.to_container(existing, resolve=True) if existing is not None else [])
         if not any(isinstance(m, str) and Path(m).resolve() == Path(package_dir) for m in py_modules):
             py_modules.append(package_dir)
         runtime_env.py_modules = py_modules
+        check(runtime_env.get("env_vars"), dict, f"{key}.env_vars")
         if runtime_env.get("env_vars") is None:
             runtime_env.env_vars = {}
         modules = _modules_list(runtime_env.env_vars.get(MODULES_ENV))
