@@ -211,7 +211,7 @@ def ray_pair():
     try:
         yield pair
     finally:
-        for state in sorted(base.glob("*/")):
+        for state in sorted(base.glob("*/"), key=lambda d: d.name == "head"):  # workers first, then the head
             if (state / "head_address").exists() or list(state.glob("*.pid")):
                 _ray_cluster(["stop"], dict(common, SPRO_RAY_STATE_DIR=str(state)), base)
         deadline = time.monotonic() + 20
@@ -232,8 +232,10 @@ def _train(pair, head_env: dict[str, str], worker: str, out: Path, timeout: floa
         SPRO_SKIP_CHECK="1",
         SPRO_CONFIG_DIR=str(Path(verl_config.__file__).parent),
         SPRO_CONFIG_NAME="ppo_trainer",
-        VERL_FILE_LOGGER_PATH=str(out / "metrics.jsonl"),
     )
+    # verl's file logger runs in the task runner, whose environment is the job's runtime_env (not this shell's): a user
+    # runtime_env entry, which ship_plugin must keep.
+    overrides.append(f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={out / 'metrics.jsonl'}")
     t0 = time.monotonic()
     r = _ray_cluster(["train", *overrides], env, pair.dir, timeout=timeout)
     r.elapsed = time.monotonic() - t0
@@ -298,3 +300,22 @@ def test_a_node_whose_verl_is_unsupported_stops_the_run_before_the_rollout_namin
     assert [x for x in r.stderr.splitlines() if line.fullmatch(x)], r.stderr[-4000:]
     assert "WorkerDict" not in output and not (out / "metrics.jsonl").exists()  # no worker, no rollout, no step
     assert r.elapsed < 150, f"{r.elapsed:.0f}s: not an early stop"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("ray_kwargs.ray_init.runtime_env=oops", "ray_kwargs.ray_init.runtime_env must be a mapping, got 'oops'"),
+        (
+            "+ray_kwargs.ray_init.runtime_env.py_modules=/opt/lib",
+            "runtime_env.py_modules must be a list, got '/opt/lib'",
+        ),
+        ("+ray_kwargs.ray_init.runtime_env.env_vars=[A]", "runtime_env.env_vars must be a mapping, got ['A']"),
+    ],
+)
+def test_ship_plugin_refuses_a_runtime_env_it_would_have_to_replace(override, message):
+    config = compose_trainer_config(None, None, [override])
+    before = OmegaConf.to_container(config.ray_kwargs.ray_init)
+    with pytest.raises(main_ppo._Refused, match=re.escape(message)):
+        main_ppo.ship_plugin(config, environ={})
+    assert OmegaConf.to_container(config.ray_kwargs.ray_init) == before  # nothing of the user's was touched

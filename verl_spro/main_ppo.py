@@ -159,11 +159,11 @@ def ship_plugin(config: Any, environ: dict[str, str] | None = None) -> None:
         runtime_env = ray_init.runtime_env
         existing = runtime_env.get("py_modules")
         check(existing, list, f"{key}.py_modules")
+        check(runtime_env.get("env_vars"), dict, f"{key}.env_vars")
         py_modules = list(OmegaConf.to_container(existing, resolve=True) if existing is not None else [])
         if not any(isinstance(m, str) and Path(m).resolve() == Path(package_dir) for m in py_modules):
             py_modules.append(package_dir)
         runtime_env.py_modules = py_modules
-        check(runtime_env.get("env_vars"), dict, f"{key}.env_vars")
         if runtime_env.get("env_vars") is None:
             runtime_env.env_vars = {}
         modules = _modules_list(runtime_env.env_vars.get(MODULES_ENV))
