@@ -88,7 +88,7 @@ def v1_spro_beta0(tmp_path_factory: pytest.TempPathFactory) -> Run:
 def _check_spro_run(run: Run) -> None:
     assert sorted(run.metrics) == [1, 2]
     for step, data in run.metrics.items():
-        for key in ("spro/msa_abs_mean", "critic/advantages/mean", "timing_s/ref"):
+        for key in ("spro/msa_abs_mean", "spro/process_to_outcome", "critic/advantages/mean", "timing_s/ref"):
             assert key in data, f"step {step}: no {key}"
         assert "actor/kl_loss" not in data, f"step {step}: a KL loss was computed"
         assert data["timing_s/ref"] > 0
@@ -100,6 +100,10 @@ def _check_spro_run(run: Run) -> None:
     # One progress line per step, instead of verl's config dump.
     assert [line.split("/")[0] for line in run.stdout.splitlines() if line.startswith("step ")] == ["step 1", "step 2"]
     assert "'actor_rollout_ref'" not in run.stdout
+    # What main_ppo is doing before the first step, read from its log.
+    lines = run.stdout.splitlines()
+    before_first_step = lines[: next(i for i, line in enumerate(lines) if line.startswith("step "))]
+    assert any(line.startswith("verl-spro smoke: Ray up; ") for line in before_first_step), run.stdout
     # The reference model was built: its (forward-only) engine took the CPU offload policy.
     from verl_spro.cpu_backend import OFFLOAD_LOG_LINE
 
