@@ -1,10 +1,10 @@
 """The ``/dev/shm`` files a run's processes leave behind when they die before cleaning up, and only those.
 
-vLLM's shared-memory queues (``psm_*``: every ``--rollout vllm`` run here left two), verl's weight-transfer buffer
-(``verl_weights_*``) and Python's named semaphores (``sem.*``) outlive a process killed by a signal. Other users' runs share
-``/dev/shm``, so nothing is removed by name or age: :class:`ShmLeftovers` records the entries the run's own
-processes hold open or mapped (read from ``/proc/PID/maps`` and ``/proc/PID/fd`` while they live) and, once they
-are gone, removes those of them that did not exist when the run started.
+vLLM's shared-memory queues (``psm_*``: every ``--rollout vllm`` run here left two), verl's weight-transfer
+buffer (``verl_weights_*``) and Python's named semaphores (``sem.*``) outlive a process killed by a signal. Other
+users' runs share ``/dev/shm``, so nothing is removed by name or age: :class:`ShmLeftovers` records the entries
+the run's own processes hold open or mapped (read from ``/proc/PID/maps`` and ``/proc/PID/fd`` while they
+live) and, once they are gone, removes those of them that did not exist when the run started.
 """
 
 from __future__ import annotations
