@@ -46,7 +46,7 @@ def test_each_phase_is_said_once_in_order_and_silence_gets_an_elapsed_line(tmp_p
                 said += phases.poll()
     assert said == [
         "config valid; starting Ray (5 s)",
-        "still starting Ray (41 s)",
+        "still at: starting Ray (41 s)",
         "Ray up; verl's task runner starting (46 s)",
         "data loaded; starting the workers (56 s)",
         "worker group created; building the actor and reference models (66 s)",
@@ -61,4 +61,4 @@ def test_a_missing_log_is_only_silence(tmp_path):
     phases = StartupPhases(tmp_path / "not-yet.log", clock=clock, quiet_s=30)
     assert phases.poll() == []
     clock.now = 30
-    assert phases.poll() == ["still starting main_ppo (30 s)"]
+    assert phases.poll() == ["still at: starting main_ppo (30 s)"]

@@ -68,6 +68,6 @@ class StartupPhases:
         if out:
             self.last_line = now
         elif now - self.last_line >= self.quiet_s:
-            out.append(f"still {self.current.split('; ')[-1]} ({now - self.start:.0f} s)")
+            out.append(f"still at: {self.current.split('; ')[-1]} ({now - self.start:.0f} s)")
             self.last_line = now
         return out
