@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from verl_spro.processes import pid_alive
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 RAY_CLUSTER = SCRIPTS / "ray_cluster.sh"
@@ -73,14 +75,6 @@ def test_smoke_without_a_head_says_so_in_seconds(tmp_path):
     assert f"SMOKE FAILED: no Ray head at {address}" in r.stdout.strip().splitlines()[-1]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_sigterm_stops_the_launcher_and_its_wait_helper_with_a_line(tmp_path):
     address = f"127.0.0.1:{_free_port()}"
     env = _bare_env(RAY_ADDRESS=address, SPRO_RAY_STATE_DIR=str(tmp_path), SPRO_RAY_WAIT_TIMEOUT="120")
@@ -102,14 +96,14 @@ def test_sigterm_stops_the_launcher_and_its_wait_helper_with_a_line(tmp_path):
         assert proc.returncode == 143
         assert f"stopping the wait for the cluster (pid {helper}) on SIGTERM" in out
         deadline = time.monotonic() + 5
-        while _alive(helper) and time.monotonic() < deadline:
+        while pid_alive(helper) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _alive(helper)
+        assert not pid_alive(helper)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-        if helper is not None and _alive(helper):
+        if helper is not None and pid_alive(helper):
             os.kill(helper, signal.SIGKILL)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from verl_spro.processes import pid_alive
 from verl_spro.sweep import TINY, SweepProgress, run_sweep
 
 
@@ -74,14 +75,6 @@ def _workers(pid: int) -> list[int]:
     return workers
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.fixture
 def long_sweep(tmp_path):
     """A sweep that would run for minutes, started in its own session; yields (process, its 2 workers)."""
@@ -98,7 +91,7 @@ def long_sweep(tmp_path):
         yield proc, workers
     finally:
         for pid in workers:  # whatever the test saw, nothing of this sweep outlives it
-            if _alive(pid):
+            if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -107,9 +100,9 @@ def long_sweep(tmp_path):
 
 def _gone_within(pids: list[int], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
-    return not any(_alive(p) for p in pids)
+    return not any(pid_alive(p) for p in pids)
 
 
 @pytest.mark.parametrize(

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from verl_spro.argtypes import finite_float_above, int_in_range
-from verl_spro.output_files import OutDirLock, claim_out_dir, out_path
+from verl_spro.output_files import OutDirLock, add_out_arguments, claim_out_dir
 
 __all__ = ["CSV_COLUMNS", "METHODS", "add_arguments", "run"]
 
@@ -95,14 +95,7 @@ _WORK_BYTES_PER_ELEMENT = 8 * 4
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``verl-spro bench`` options."""
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the tensors live")
-    parser.add_argument(
-        "--out", type=out_path("--out"), default=Path("bench_out"), help="folder for bench.csv and bench.png"
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="replace the results of an earlier run in --out (without it such an --out is refused)",
-    )
+    add_out_arguments(parser, Path("bench_out"), "folder for bench.csv and bench.png")
     grid = parser.add_mutually_exclusive_group()
     grid.add_argument("--quick", action="store_true", help="tiny grid, 3 repeats: a smoke run of a few seconds")
     grid.add_argument(

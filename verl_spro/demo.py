@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from verl_spro.argtypes import positive_int, positive_threads
-from verl_spro.output_files import OutDirLock, OutputPathError, atomic_write, claim_out_dir, one_line, out_path
+from verl_spro.output_files import (
+    OutDirLock,
+    OutputPathError,
+    add_out_arguments,
+    atomic_write,
+    claim_out_dir,
+    one_line,
+)
 from verl_spro.stats import INTERVAL, MIN_SEEDS_FOR_INTERVAL, paired_difference, verdict
 from verl_spro.tiny_lm import SORT, Task
 
@@ -75,14 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="short run: 1 seed, 80 steps (about 1 min on 2 cores)")
     parser.add_argument("--seeds", type=positive_int("--seeds"), default=None, help="number of seeds (default 5)")
     parser.add_argument("--steps", type=positive_int("--steps"), default=None, help="RL steps per run")
-    parser.add_argument(
-        "--out", type=out_path("--out"), default=Path("spro_demo"), help="output folder (default ./spro_demo)"
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="replace the results of an earlier run in --out (without it such an --out is refused)",
-    )
+    add_out_arguments(parser, Path("spro_demo"), "output folder (default ./spro_demo)")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed+seeds-1")
     parser.add_argument("--beta", type=float, default=None, help="SPRO intrinsic reward scale (default 0.05)")
     parser.add_argument("--threads", type=positive_threads("--threads"), default=1, help="torch CPU threads (1)")

@@ -34,6 +34,7 @@ __all__ = [
     "AtomicFile",
     "OutDirLock",
     "OutputPathError",
+    "add_out_arguments",
     "atomic_write",
     "check_out_dir",
     "claim_out_dir",
@@ -184,6 +185,16 @@ def out_path(option: str) -> Callable[[str], Path]:
         return Path(text)
 
     return parse
+
+
+def add_out_arguments(parser: argparse.ArgumentParser, default: Path, help: str, force_help: str = "") -> None:
+    """``--out`` (an :func:`out_path`) and ``--force``, as every command that writes into a folder has them."""
+    parser.add_argument("--out", type=out_path("--out"), default=default, help=help)
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help=force_help or "replace the results of an earlier run in --out (without it such an --out is refused)",
+    )
 
 
 def unsafe_out_dir(out: Path, option: str) -> str | None:

@@ -33,7 +33,7 @@ from verl_spro.demo import (
     save_figure,
     write_csv,
 )
-from verl_spro.output_files import OutDirLock, OutputPathError, claim_out_dir, one_line, out_path
+from verl_spro.output_files import OutDirLock, OutputPathError, add_out_arguments, claim_out_dir, one_line
 from verl_spro.stats import INTERVAL, paired_difference, verdict
 from verl_spro.tiny_lm import TASKS
 
@@ -123,14 +123,12 @@ def _tasks(text: str) -> tuple[str, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the sweep's options; the defaults are the pre-registered protocol."""
-    parser.add_argument(
-        "--out", type=out_path("--out"), default=Path("spro_sweep"), help="output folder (default ./spro_sweep)"
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="replace the results of an earlier sweep in --out (they are deleted first, so no old file stays beside "
-        "new ones); without it such an --out is refused",
+    add_out_arguments(
+        parser,
+        Path("spro_sweep"),
+        "output folder (default ./spro_sweep)",
+        "replace the results of an earlier sweep in --out (they are deleted first, so no old file stays beside new "
+        "ones); without it such an --out is refused",
     )
     parser.add_argument("--seeds", type=positive_int("--seeds"), default=SEEDS, help=f"seeds per arm ({SEEDS})")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed+seeds-1")

@@ -74,6 +74,7 @@ __all__ = [
     "hook_failures",
     "install",
     "spro_unavailable",
+    "supported_verl_only",
     "unsupported_verl",
 ]
 
@@ -190,8 +191,8 @@ def _spro_branch(compute_spro: Callable[[dict[str, Any]], None]) -> Callable[[Ca
     return make
 
 
-def _behaviour_hook(hook: Callable[[ModuleType], None]) -> Callable[[ModuleType], None]:
-    """A hook that changes what verl computes: not installed at all on an unsupported verl."""
+def supported_verl_only(hook: Callable[[ModuleType], None]) -> Callable[[ModuleType], None]:
+    """A hook that changes what verl computes: not installed at all on an unsupported verl (``HookTargetError``)."""
 
     @functools.wraps(hook)
     def guarded(module: ModuleType) -> None:
@@ -396,13 +397,13 @@ def _hook_v1_trainer(trainer_base: ModuleType) -> None:
 #: (``need_reference_policy``, ``validate_config``) only add refusals for ``spro``, so they are installed on any
 #: verl; the others change what verl computes and are installed on a supported verl only.
 HOOKS: dict[str, Callable[[ModuleType], None]] = {
-    "verl.trainer.ppo.core_algos": _behaviour_hook(_hook_core_algos),
+    "verl.trainer.ppo.core_algos": supported_verl_only(_hook_core_algos),
     "verl.trainer.ppo.utils": _hook_ppo_utils,
     "verl.utils.config": _hook_validate_config,
-    "verl.trainer.ppo.metric_utils": _behaviour_hook(_hook_compute_data_metrics),
-    "verl.trainer.ppo.ray_trainer": _behaviour_hook(_hook_compute_advantage),
-    "verl.trainer.ppo.v1.utils": _behaviour_hook(_hook_v1_utils),
-    "verl.trainer.ppo.v1.trainer_base": _behaviour_hook(_hook_v1_trainer),
+    "verl.trainer.ppo.metric_utils": supported_verl_only(_hook_compute_data_metrics),
+    "verl.trainer.ppo.ray_trainer": supported_verl_only(_hook_compute_advantage),
+    "verl.trainer.ppo.v1.utils": supported_verl_only(_hook_v1_utils),
+    "verl.trainer.ppo.v1.trainer_base": supported_verl_only(_hook_v1_trainer),
 }
 
 

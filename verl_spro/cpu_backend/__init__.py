@@ -51,12 +51,10 @@ def _checked(hook: Any) -> Any:
 
     @functools.wraps(hook)
     def guarded(module: ModuleType) -> None:
-        from verl_spro.verl_hooks import HookTargetError, unsupported_verl
+        # Imported when the hook runs: the backend's constants stay importable without torch and verl.
+        from verl_spro.verl_hooks import supported_verl_only
 
-        reason = unsupported_verl()
-        if reason is not None:
-            raise HookTargetError(f"{module.__name__} ({hook.__name__})", reason)
-        hook(module)
+        supported_verl_only(hook)(module)
 
     return guarded
 
