@@ -1,4 +1,5 @@
-"""Shared by the multi-node tests (test_slurm.py, test_ray_shipping.py): a smoke-sized spro run for a Ray cluster."""
+"""Shared by the multi-node tests (test_slurm.py, test_ray_shipping.py, test_launch_scripts.py): a smoke-sized spro
+run for a Ray cluster, and the environment of a Ray cluster on 127.0.0.1 started by scripts/ray_cluster.sh."""
 
 from __future__ import annotations
 
@@ -22,3 +23,19 @@ def two_rank_overrides(out: Path, steps: int, resume: bool) -> list[str]:
     smoke.add_arguments(parser)
     args = parser.parse_args(["--out", str(out), "--steps", str(steps), *(["--resume"] if resume else [])])
     return smoke.merge_overrides(smoke.cluster_overrides(out.resolve(), args), TWO_RANK_OVERRIDES)
+
+
+def local_ray_env(base: Path, port: int, num_cpus: int, object_store_bytes: int, wait_timeout_s: int) -> dict[str, str]:
+    """scripts/ray_cluster.sh's settings for Ray nodes on 127.0.0.1 under BASE: ports from PORT (GCS, dashboard,
+    and the node ports from PORT+100), its temp dir BASE/r, no dashboard, NUM_CPUS a node."""
+    return {
+        "SPRO_RAY_TEMP_DIR": str(base / "r"),
+        "SPRO_RAY_PORT": str(port),
+        "SPRO_RAY_DASHBOARD_PORT": str(port + 1),
+        "SPRO_RAY_PORT_BASE": str(port + 100),
+        "SPRO_RAY_NODE_IP": "127.0.0.1",
+        "SPRO_RAY_NUM_CPUS": str(num_cpus),
+        "SPRO_RAY_INCLUDE_DASHBOARD": "false",
+        "SPRO_RAY_START_ARGS": f"--object-store-memory={object_store_bytes}",
+        "SPRO_RAY_WAIT_TIMEOUT": str(wait_timeout_s),
+    }

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from spro_cluster import local_ray_env
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
@@ -178,16 +179,8 @@ def test_ray_cluster_head_and_worker_on_one_host():
     marker = f"SPRO_RAY_STATE_DIR={base / 'state'}"
     env = _env(
         SPRO_RAY_STATE_DIR=str(base / "state"),
-        SPRO_RAY_TEMP_DIR=str(base / "r"),
-        SPRO_RAY_PORT=str(port),
-        SPRO_RAY_DASHBOARD_PORT=str(port + 1),
-        SPRO_RAY_PORT_BASE=str(port + 100),
-        SPRO_RAY_NODE_IP="127.0.0.1",
-        SPRO_RAY_NUM_CPUS="1",
-        SPRO_RAY_INCLUDE_DASHBOARD="false",
-        SPRO_RAY_START_ARGS="--object-store-memory=100000000",
-        SPRO_RAY_WAIT_TIMEOUT="90",
         SPRO_GPUS_PER_NODE="0",
+        **local_ray_env(base, port, num_cpus=1, object_store_bytes=100_000_000, wait_timeout_s=90),
     )
     try:
         r = _run([str(RAY_CLUSTER), "head"], {**env, "SPRO_NODE_NAME": "alpha"})

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import verl.trainer.config as verl_config
 from omegaconf import OmegaConf
-from spro_cluster import two_rank_overrides
+from spro_cluster import local_ray_env, two_rank_overrides
 
 from verl_spro import main_ppo
 from verl_spro.hydra_compose import compose_trainer_config
@@ -168,19 +168,8 @@ def ray_pair():
     base = Path(tempfile.mkdtemp(prefix="spsh", dir="/tmp"))  # short: Ray's unix socket paths
     port = random.randint(41000, 48000)
     common = {k: v for k, v in os.environ.items() if not k.startswith(("SPRO_", "SLURM_", "RAY_ADDRESS", "VERL_"))}
-    common.update(
-        SPRO_CPU_BACKEND="1",
-        SPRO_RAY_TEMP_DIR=str(base / "r"),
-        SPRO_RAY_PORT=str(port),
-        SPRO_RAY_DASHBOARD_PORT=str(port + 1),
-        SPRO_RAY_PORT_BASE=str(port + 100),
-        SPRO_RAY_NODE_IP="127.0.0.1",
-        SPRO_RAY_NUM_CPUS="8",
-        SPRO_RAY_INCLUDE_DASHBOARD="false",
-        SPRO_RAY_START_ARGS="--object-store-memory=200000000",
-        SPRO_RAY_WAIT_TIMEOUT="120",
-        SPRO_TEST_MARKER=str(base),
-    )
+    common.update(local_ray_env(base, port, num_cpus=8, object_store_bytes=200_000_000, wait_timeout_s=120))
+    common.update(SPRO_CPU_BACKEND="1", SPRO_TEST_MARKER=str(base))
 
     def env_for(python: Path, state: str, **extra: str) -> dict[str, str]:
         env = dict(common, SPRO_PYTHON=str(python), SPRO_RAY_STATE_DIR=str(base / state))
